@@ -1,0 +1,96 @@
+"""`fleetimg nodes`: the inventory, and what each node really runs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fleetimg.cli.main import AppContext, pass_app
+from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.parallel import NodeOutcome
+from fleetimg.probe import NodeProbe, probe_nodes
+
+TO_HELP = "Nodes to act on: all-nodes, masters, workers, a group, or node1,node3."
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """List the inventory (or `nodes probe` to check the boards)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app: AppContext = ctx.obj
+    fleet = app.fleet()
+    if as_json:
+        emit_json([
+            {"name": n.name, "address": n.address, "port": n.port, "role": n.role.value,
+             "module": n.module.name, "user": n.user, "l4t": str(n.l4t),
+             "runtime": n.runtime.value, "groups": list(n.groups)}
+            for n in fleet.nodes
+        ])
+        return
+    click.echo(f"fleet {fleet.name}: {len(fleet.nodes)} node(s) on {fleet.subnet}"
+               f" (gateway {fleet.gateway or '-'})")
+    click.echo(table(
+        ["NAME", "ADDRESS", "ROLE", "MODULE", "L4T", "RUNTIME", "GROUPS"],
+        [[n.name, n.address, n.role.value, n.module.name, n.l4t, n.runtime.value,
+          ",".join(n.groups)] for n in fleet.nodes],
+    ))
+
+
+@nodes.command()
+@click.option("--to", "selection", default="all-nodes", show_default=True, help=TO_HELP)
+@click.option("--parallel", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="Nodes probed at once.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def probe(app: AppContext, selection: str, parallel: int, as_json: bool) -> None:
+    """Check each node over SSH: L4T/JetPack, board, Docker, K3s, free disk, hostname.
+
+    Unreachable nodes are reported and the rest still probed; exit code 1 if any failed.
+    """
+    fleet = app.fleet()
+    chosen = fleet.select(selection)
+    results = probe_nodes(app.ssh(), chosen, parallel=parallel)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        emit_json([_probe_json(r) for r in results])
+    else:
+        click.echo(table(
+            ["NODE", "STATUS", "ARCH", "L4T", "JETPACK", "BOARD", "DOCKER", "RUNTIME", "K3S",
+             "FREE", "HOSTNAME"],
+            [_probe_row(r) for r in results],
+        ))
+        for r in results:
+            if r.error is not None:
+                click.echo(f"{ok_word(False)} {r.node.name}: {r.error.message}")
+                if r.error.hint:
+                    click.echo(f"     hint: {r.error.hint}")
+            elif r.value is not None:
+                for warning in r.value.warnings:
+                    click.echo(f"{click.style('warn', fg='yellow')} {r.node.name}: {warning}")
+        click.echo(f"\n{len(results) - len(failed)}/{len(results)} node(s) reachable")
+    if failed:
+        sys.exit(1)
+
+
+def _probe_json(r: NodeOutcome[NodeProbe]) -> dict[str, object]:
+    if r.value is None:
+        return {"name": r.node.name, "address": r.node.address, "reachable": False,
+                "error": r.error.message if r.error else None,
+                "hint": r.error.hint if r.error else None}
+    return {"reachable": True, **r.value.to_dict()}
+
+
+def _probe_row(r: NodeOutcome[NodeProbe]) -> list[object]:
+    p = r.value
+    if p is None:
+        return [r.node.name, ok_word(False, no="unreachable")] + ["-"] * 9
+    hostname = p.hostname if p.hostname_matches else f"{p.hostname} (!)"
+    arch = p.arch + ("+arm64" if p.arm64_emulation and p.arch != "aarch64" else "")
+    return [
+        p.name, ok_word(True), arch, p.l4t, p.jetpack, p.board, p.docker_version,
+        p.docker_runtime, "yes" if p.k3s_version else "no", human_bytes(p.free_bytes), hostname,
+    ]

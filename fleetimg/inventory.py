@@ -1,0 +1,481 @@
+"""fleet.toml: the one description of the fleet every command works from.
+
+Loading resolves fleet defaults into immutable Node records once; it either returns a whole,
+valid Fleet or raises InventoryError listing every problem with its node and field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from fleetimg.errors import InventoryError, UsageError
+from fleetimg.l4t import L4TRelease
+from fleetimg.paths import default_known_hosts
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Role(str, Enum):
+    MASTER = "master"
+    WORKER = "worker"
+
+
+class Runtime(str, Enum):
+    DOCKER = "docker"
+    K3S = "k3s"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    description: str
+    soc: str
+    compute_capability: str
+
+
+MODULES: Mapping[str, Module] = {
+    m.name: m
+    for m in (
+        Module("nano-4gb", "Jetson Nano 4GB", "t210", "5.3"),
+        Module("nano-2gb", "Jetson Nano 2GB", "t210", "5.3"),
+        Module("tx1", "Jetson TX1", "t210", "5.3"),
+        Module("tx2", "Jetson TX2", "t186", "6.2"),
+        Module("tx2-nx", "Jetson TX2 NX", "t186", "6.2"),
+        Module("xavier-nx", "Jetson Xavier NX", "t194", "7.2"),
+        Module("agx-xavier", "Jetson AGX Xavier", "t194", "7.2"),
+        Module("orin-nano", "Jetson Orin Nano", "t234", "8.7"),
+        Module("orin-nx", "Jetson Orin NX", "t234", "8.7"),
+        Module("agx-orin", "Jetson AGX Orin", "t234", "8.7"),
+    )
+}
+
+IMPLICIT_GROUPS = ("all-nodes", "masters", "workers")
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$", re.IGNORECASE)
+
+FLEET_KEYS = {
+    "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
+    "known_hosts", "sdcard_image",
+}
+NODE_KEYS = {
+    "name", "address", "role", "module", "groups", "user", "ssh_key", "port", "l4t", "runtime",
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    role: Role
+    module: Module
+    user: str
+    ssh_key: Path | None
+    port: int
+    l4t: L4TRelease
+    runtime: Runtime
+    groups: tuple[str, ...] = ()
+
+    @property
+    def is_master(self) -> bool:
+        return self.role is Role.MASTER
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    path: Path | None
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None
+    dns: tuple[str, ...]
+    known_hosts: Path
+    nodes: tuple[Node, ...]
+    sdcard_image: Path | None = None
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise UsageError(
+            f"no node named {name!r} in the inventory",
+            hint=f"known nodes: {', '.join(n.name for n in self.nodes)}",
+        )
+
+    def group_names(self) -> list[str]:
+        return [*IMPLICIT_GROUPS, *sorted(self.groups)]
+
+    def select(self, selection: str) -> tuple[Node, ...]:
+        """Resolve '--to' syntax: comma-separated groups and node names, in inventory order."""
+        wanted: set[str] = set()
+        terms = [t.strip() for t in selection.split(",")]
+        if not selection.strip() or any(not t for t in terms):
+            raise UsageError(
+                f"empty selection {selection!r}",
+                hint="use --to all-nodes, --to workers, or --to node1,node3",
+            )
+        by_name = {n.name: n for n in self.nodes}
+        for term in terms:
+            if term == "all-nodes":
+                wanted.update(by_name)
+            elif term == "masters":
+                wanted.update(n.name for n in self.nodes if n.role is Role.MASTER)
+            elif term == "workers":
+                wanted.update(n.name for n in self.nodes if n.role is Role.WORKER)
+            elif term in self.groups:
+                wanted.update(self.groups[term])
+            elif term in by_name:
+                wanted.add(term)
+            else:
+                raise UsageError(
+                    f"unknown node or group {term!r} in selection {selection!r}",
+                    hint=(
+                        f"groups: {', '.join(self.group_names())}; "
+                        f"nodes: {', '.join(by_name)}"
+                    ),
+                )
+        chosen = tuple(n for n in self.nodes if n.name in wanted)
+        if not chosen:
+            raise UsageError(f"selection {selection!r} matches no node")
+        return chosen
+
+
+def load(path: Path) -> Fleet:
+    """Read and validate fleet.toml."""
+    if not path.exists():
+        raise InventoryError(
+            f"no inventory at {path}",
+            hint="create one with `fleetimg init --nodes 4 --subnet 192.168.10.0/24`, "
+            "or point to it with -i FILE / FLEETIMG_INVENTORY",
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(data, base_dir=path.parent, path=path)
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, p: _Problems) -> None:
+    for key in table:
+        if key not in allowed:
+            p.add(f"{where}.{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _str(value: Any, where: str, p: _Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        p.add(where, f"must be a non-empty string, got {value!r}")
+        return None
+    return value.strip()
+
+
+def _path(value: Any, base_dir: Path, where: str, p: _Problems, must_exist: bool) -> Path | None:
+    text = _str(value, where, p)
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if must_exist and not path.is_file():
+        p.add(where, f"file {path} does not exist")
+    return path
+
+
+def _release(value: Any, where: str, p: _Problems) -> L4TRelease | None:
+    text = _str(value, where, p)
+    if text is None:
+        return None
+    try:
+        return L4TRelease.parse(text)
+    except UsageError as exc:
+        p.add(where, exc.message)
+        return None
+
+
+def _enum(enum: type[Role] | type[Runtime], value: Any, where: str, p: _Problems) -> Any:
+    text = _str(value, where, p)
+    if text is None:
+        return None
+    try:
+        return enum(text)
+    except ValueError:
+        p.add(where, f"unknown value {text!r} (one of: {', '.join(e.value for e in enum)})")
+        return None
+
+
+def _port(value: Any, where: str, p: _Problems) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        p.add(where, f"must be a TCP port number, got {value!r}")
+        return None
+    return value
+
+
+def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Fleet:
+    p = _Problems()
+    top_extra = set(data) - {"fleet", "nodes"}
+    for key in sorted(top_extra):
+        p.add(key, "unknown table (expected [fleet] and [[nodes]])")
+    fleet_t = data.get("fleet", {})
+    if not isinstance(fleet_t, Mapping):
+        raise InventoryError("fleet: must be a table ([fleet])")
+    _check_keys(fleet_t, FLEET_KEYS, "fleet", p)
+
+    name = _str(fleet_t.get("name", "fleet"), "fleet.name", p) or "fleet"
+    user = _str(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson"
+    ssh_key = _path(fleet_t.get("ssh_key"), base_dir, "fleet.ssh_key", p, must_exist=True)
+    port = _port(fleet_t.get("port", 22), "fleet.port", p) or 22
+    l4t = _release(fleet_t.get("l4t", "R32.7.1"), "fleet.l4t", p)
+    runtime = _enum(Runtime, fleet_t.get("runtime", "docker"), "fleet.runtime", p)
+    known_hosts = _path(
+        fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
+    ) or default_known_hosts()
+    sdcard_image = _path(
+        fleet_t.get("sdcard_image"), base_dir, "fleet.sdcard_image", p, must_exist=False
+    )
+
+    subnet: ipaddress.IPv4Network | None = None
+    subnet_text = _str(fleet_t.get("subnet"), "fleet.subnet", p)
+    if subnet_text is None:
+        if "subnet" not in fleet_t:
+            p.add("fleet.subnet", "missing (e.g. subnet = \"192.168.10.0/24\")")
+    else:
+        try:
+            subnet = ipaddress.IPv4Network(subnet_text, strict=True)
+        except ValueError as exc:
+            p.add("fleet.subnet", f"not an IPv4 network in CIDR form: {exc}")
+
+    gateway: ipaddress.IPv4Address | None = None
+    gateway_text = _str(fleet_t.get("gateway"), "fleet.gateway", p)
+    if gateway_text is not None:
+        try:
+            gateway = ipaddress.IPv4Address(gateway_text)
+        except ValueError:
+            p.add("fleet.gateway", f"not an IPv4 address: {gateway_text!r}")
+        else:
+            if subnet is not None and gateway not in subnet:
+                p.add("fleet.gateway", f"{gateway} is outside the subnet {subnet}")
+
+    dns_raw = fleet_t.get("dns", [])
+    dns: list[str] = []
+    if isinstance(dns_raw, str):
+        dns_raw = [dns_raw]
+    if not isinstance(dns_raw, list):
+        p.add("fleet.dns", "must be a list of IPv4 addresses")
+        dns_raw = []
+    for i, entry in enumerate(dns_raw):
+        try:
+            dns.append(str(ipaddress.IPv4Address(str(entry))))
+        except ValueError:
+            p.add(f"fleet.dns[{i}]", f"not an IPv4 address: {entry!r}")
+
+    nodes_raw = data.get("nodes", [])
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        p.add("nodes", "no [[nodes]] entries")
+        nodes_raw = []
+
+    nodes: list[Node] = []
+    names: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for i, raw in enumerate(nodes_raw):
+        if not isinstance(raw, Mapping):
+            p.add(f"nodes[{i}]", "must be a table")
+            continue
+        node_name = raw.get("name")
+        where = f"node {node_name!r}" if isinstance(node_name, str) else f"nodes[{i}]"
+        _check_keys(raw, NODE_KEYS, where, p)
+        n_name = _str(node_name, f"{where}.name", p)
+        if n_name is None and "name" not in raw:
+            p.add(f"{where}.name", "missing")
+        if n_name is not None:
+            if not _LABEL_RE.match(n_name):
+                p.add(
+                    f"{where}.name",
+                    "not a valid hostname (RFC 1123: letters, digits and '-', 1-63 chars, "
+                    "not starting or ending with '-')",
+                )
+            elif n_name.lower() in names:
+                p.add(f"{where}.name", f"duplicate hostname (also nodes[{names[n_name.lower()]}])")
+            elif n_name in IMPLICIT_GROUPS:
+                p.add(f"{where}.name", f"{n_name!r} is a reserved group name")
+            names[n_name.lower()] = str(i)
+
+        address_text = _str(raw.get("address"), f"{where}.address", p)
+        address: str | None = None
+        if address_text is None and "address" not in raw:
+            p.add(f"{where}.address", "missing")
+        elif address_text is not None:
+            try:
+                addr = ipaddress.IPv4Address(address_text)
+            except ValueError:
+                p.add(f"{where}.address", f"not an IPv4 address: {address_text!r}")
+            else:
+                address = str(addr)
+                if subnet is not None and addr not in subnet:
+                    p.add(f"{where}.address", f"{addr} is outside the subnet {subnet}")
+                elif subnet is not None and addr in (subnet.network_address,
+                                                     subnet.broadcast_address):
+                    p.add(f"{where}.address", f"{addr} is the subnet's network or broadcast address")
+                if gateway is not None and addr == gateway:
+                    p.add(f"{where}.address", f"{addr} is the gateway's address")
+                if address in addresses:
+                    p.add(f"{where}.address", f"{addr} is also used by {addresses[address]}")
+                addresses[address] = where
+
+        role = _enum(Role, raw.get("role", "worker"), f"{where}.role", p)
+        module_name = _str(raw.get("module"), f"{where}.module", p)
+        module: Module | None = None
+        if module_name is None and "module" not in raw:
+            p.add(f"{where}.module", f"missing (one of: {', '.join(MODULES)})")
+        elif module_name is not None:
+            module = MODULES.get(module_name)
+            if module is None:
+                p.add(f"{where}.module", f"unknown module {module_name!r} "
+                      f"(one of: {', '.join(MODULES)})")
+
+        node_groups: list[str] = []
+        raw_groups = raw.get("groups", [])
+        if not isinstance(raw_groups, list):
+            p.add(f"{where}.groups", "must be a list of group names")
+            raw_groups = []
+        for g in raw_groups:
+            if not isinstance(g, str) or not _GROUP_RE.match(g):
+                p.add(f"{where}.groups", f"invalid group name {g!r}")
+            elif g in IMPLICIT_GROUPS:
+                p.add(f"{where}.groups", f"{g!r} is implicit; no need to list it")
+            else:
+                node_groups.append(g)
+                if n_name is not None:
+                    groups.setdefault(g, []).append(n_name)
+
+        n_user = _str(raw.get("user"), f"{where}.user", p) or user
+        n_key = (
+            _path(raw.get("ssh_key"), base_dir, f"{where}.ssh_key", p, must_exist=True)
+            if "ssh_key" in raw else ssh_key
+        )
+        n_port = _port(raw.get("port"), f"{where}.port", p) or port
+        n_l4t = _release(raw.get("l4t"), f"{where}.l4t", p) if "l4t" in raw else l4t
+        n_runtime = (
+            _enum(Runtime, raw.get("runtime"), f"{where}.runtime", p)
+            if "runtime" in raw else runtime
+        )
+        if None in (n_name, address, role, module, n_l4t, n_runtime):
+            continue
+        assert n_name is not None and address is not None and module is not None
+        assert n_l4t is not None
+        nodes.append(
+            Node(
+                name=n_name,
+                address=address,
+                role=role,
+                module=module,
+                user=n_user,
+                ssh_key=n_key,
+                port=n_port,
+                l4t=n_l4t,
+                runtime=n_runtime,
+                groups=tuple(node_groups),
+            )
+        )
+
+    lower_names = {n.lower() for n in names}
+    for g in groups:
+        if g.lower() in lower_names:
+            p.add(f"group {g!r}", "has the same name as a node")
+
+    if p.items:
+        where = str(path) if path else "inventory"
+        count = len(p.items)
+        raise InventoryError(
+            f"{where}: {count} problem{'s' if count > 1 else ''}:\n  " + "\n  ".join(p.items),
+            hint="fix the fields above; `fleetimg init` shows a commented example",
+        )
+    assert subnet is not None
+    return Fleet(
+        name=name,
+        path=path,
+        subnet=subnet,
+        gateway=gateway,
+        dns=tuple(dns),
+        known_hosts=known_hosts,
+        nodes=tuple(nodes),
+        sdcard_image=sdcard_image,
+        groups={g: tuple(members) for g, members in groups.items()},
+    )
+
+
+def starter_toml(
+    *, nodes: int, subnet: str, name: str = "jetson-fleet", l4t: str = "R32.7.1",
+    module: str = "nano-4gb", runtime: str = "docker",
+) -> str:
+    """A commented fleet.toml for `fleetimg init`; the result always passes load()."""
+    try:
+        network = ipaddress.IPv4Network(subnet, strict=True)
+    except ValueError as exc:
+        raise UsageError(f"--subnet {subnet!r}: {exc}", hint="e.g. --subnet 192.168.10.0/24") from exc
+    if module not in MODULES:
+        raise UsageError(f"unknown module {module!r}", hint=f"one of: {', '.join(MODULES)}")
+    L4TRelease.parse(l4t)
+    hosts = list(network.hosts())
+    if not 1 <= nodes <= len(hosts) - 11:
+        raise UsageError(
+            f"--nodes {nodes} does not fit in {network}",
+            hint="use between 1 and 200 nodes, or a larger subnet",
+        )
+    gateway = hosts[0]
+    lines = [
+        "# fleetimg inventory: the one description of your Jetson fleet.",
+        "# Every command reads it: fleetimg nodes probe, build, push, sdcard.",
+        "# Select nodes with --to all-nodes | masters | workers | GROUP | node1,node3.",
+        "",
+        "[fleet]",
+        f'name = "{name}"',
+        '# SSH login on every board (override per node with user = "...").',
+        'user = "jetson"',
+        "# Private key for that login; leave out to use your ssh-agent / ~/.ssh/config.",
+        '# ssh_key = "~/.ssh/id_ed25519"',
+        "# Network the boards live on; static addresses are written to SD cards.",
+        f'subnet = "{network}"',
+        f'gateway = "{gateway}"',
+        f'dns = ["{gateway}"]',
+        "# L4T release the boards run (head -n1 /etc/nv_tegra_release); JetPack 4.6.1 = R32.7.1.",
+        f'l4t = "{l4t}"',
+        "# Container runtime on the boards: docker or k3s.",
+        f'runtime = "{runtime}"',
+        "# JetPack SD card image used by `fleetimg sdcard` when --image is not given.",
+        '# sdcard_image = "jetson-nano-jp461-sd-card-image.zip"',
+        "",
+    ]
+    for i in range(nodes):
+        role = "master" if i == 0 else "worker"
+        lines += [
+            "[[nodes]]",
+            f'name = "node{i + 1}"',
+            f'address = "{hosts[10 + i]}"',
+            f'role = "{role}"',
+            f'module = "{module}"  # {", ".join(MODULES)}',
+        ]
+        if i == 0:
+            lines.append('# groups = ["nfs-server"]  # extra groups for --to')
+        lines.append("")
+    return "\n".join(lines)

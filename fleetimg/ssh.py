@@ -1,0 +1,175 @@
+"""SSH to fleet nodes through the system OpenSSH client.
+
+Using ssh(1) rather than a Python SSH library keeps the user's ~/.ssh/config, agent and
+ProxyJump working. Each node gets one multiplexed master connection so the many short
+commands of a probe or a push cost one handshake. Host keys are checked against fleetimg's
+own known_hosts file with accept-new: a new board is learned once, a changed key is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from fleetimg import run as runmod
+from fleetimg.errors import CommandError, ConnectionFailed, HostKeyChanged
+from fleetimg.inventory import Node
+from fleetimg.paths import control_dir
+
+log = logging.getLogger("fleetimg.ssh")
+
+SSH_FAILED = 255
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    known_hosts: Path
+    connect_timeout: int = 10
+    # A board that vanishes mid-transfer sends no RST; keepalives notice it.
+    alive_interval: int = 5
+    alive_count: int = 3
+    persist_seconds: int = 120
+    forward_agent: bool = False
+
+
+class Ssh:
+    """Runs commands on nodes. Thread-safe: one master connection per node."""
+
+    def __init__(self, options: SshOptions) -> None:
+        self.options = options
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        control_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+        options.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+
+    def destination(self, node: Node) -> str:
+        return f"{node.user}@{node.address}"
+
+    def base_argv(self, node: Node, *, master: str = "no") -> list[str]:
+        o = self.options
+        argv = [
+            "ssh",
+            "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={o.connect_timeout}",
+            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={o.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"ServerAliveInterval={o.alive_interval}",
+            "-o", f"ServerAliveCountMax={o.alive_count}",
+            "-o", f"ControlMaster={master}",
+            "-o", f"ControlPath={control_dir()}/%C",
+            "-o", f"ControlPersist={o.persist_seconds}",
+            "-o", "LogLevel=ERROR",
+            "-p", str(node.port),
+        ]
+        if node.ssh_key is not None:
+            argv += ["-i", str(node.ssh_key), "-o", "IdentitiesOnly=yes"]
+        if o.forward_agent:
+            argv += ["-A"]
+        return argv
+
+    def _lock(self, node: Node) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(node.name, threading.Lock())
+
+    def connect(self, node: Node) -> None:
+        """Open (or reuse) the node's master connection; raise ConnectionFailed if we can't."""
+        with self._lock(node):
+            check = runmod.run(
+                [*self.base_argv(node), "-O", "check", self.destination(node)], check=False
+            )
+            if check.returncode == 0:
+                return
+            # The master forks into the background holding its stdio: give it files, not
+            # pipes, or we would wait for its EOF until ControlPersist runs out.
+            with tempfile.TemporaryFile() as err:
+                argv = [*self.base_argv(node, master="yes"), "-f", "-N", self.destination(node)]
+                log.debug("+ %s", runmod.format_argv(argv))
+                proc = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    check=False,
+                )
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+            if proc.returncode != 0:
+                raise self._classify(node, stderr)
+
+    def _classify(self, node: Node, stderr: str) -> ConnectionFailed:
+        # ssh reports everything as exit 255 with text on stderr; there is no typed error.
+        text = stderr.strip()
+        last = text.splitlines()[-1] if text else "no output from ssh"
+        kh = self.options.known_hosts
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key verification failed" in text:
+            return HostKeyChanged(
+                f"{node.name} ({node.address}): SSH host key changed since fleetimg last "
+                "connected; refusing to connect",
+                hint=(
+                    "if the board was reflashed or replaced, forget the old key with "
+                    f"`ssh-keygen -f {kh} -R {node.address}` and run again; otherwise "
+                    "someone else may be answering at that address"
+                ),
+            )
+        if "Permission denied" in text:
+            return ConnectionFailed(
+                f"{node.name} ({node.address}): login refused for user {node.user!r}: {last}",
+                hint=f"check user and ssh_key in the inventory; test with "
+                f"`ssh -i KEY {node.user}@{node.address}`",
+            )
+        return ConnectionFailed(
+            f"{node.name} ({node.address}:{node.port}): cannot connect: {last}",
+            hint=f"is the board powered and on the network? try `ping {node.address}`",
+        )
+
+    def run(
+        self,
+        node: Node,
+        command: str,
+        *,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a shell command line on the node and capture its output."""
+        self.connect(node)
+        argv = [*self.base_argv(node), self.destination(node), command]
+        result = runmod.run(argv, input=input, timeout=timeout, check=False)
+        if result.returncode == SSH_FAILED and not result.stdout:
+            raise self._classify(node, result.stderr)
+        if check and result.returncode != 0:
+            raise CommandError(
+                [f"ssh {node.name}", command], result.returncode, result.stderr,
+                hint=f"run it by hand: ssh {self.destination(node)} {command!r}",
+            )
+        return result
+
+    def spawn(
+        self,
+        node: Node,
+        command: str,
+        *,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+        stderr: int | IO[bytes] | None = subprocess.PIPE,
+    ) -> subprocess.Popen[bytes]:
+        """Start a streaming command on the node (bulk transfers); the caller waits."""
+        self.connect(node)
+        argv = [*self.base_argv(node), self.destination(node), command]
+        return runmod.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    def disconnect(self, node: Node) -> None:
+        runmod.run(
+            [*self.base_argv(node), "-O", "exit", self.destination(node)], check=False
+        )
+
+
+def ssh_for(known_hosts: Path, **kwargs: int | bool) -> Ssh:
+    env_timeout = os.environ.get("FLEETIMG_SSH_TIMEOUT")
+    if env_timeout and "connect_timeout" not in kwargs:
+        kwargs["connect_timeout"] = int(env_timeout)
+    return Ssh(SshOptions(known_hosts=known_hosts, **kwargs))  # type: ignore[arg-type]
