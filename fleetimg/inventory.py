@@ -22,7 +22,7 @@ from fleetimg.paths import default_known_hosts
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 
 class Role(str, Enum):
@@ -335,7 +335,8 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
                     p.add(f"{where}.address", f"{addr} is outside the subnet {subnet}")
                 elif subnet is not None and addr in (subnet.network_address,
                                                      subnet.broadcast_address):
-                    p.add(f"{where}.address", f"{addr} is the subnet's network or broadcast address")
+                    p.add(f"{where}.address",
+                          f"{addr} is the subnet's network or broadcast address")
                 if gateway is not None and addr == gateway:
                     p.add(f"{where}.address", f"{addr} is the gateway's address")
                 if address in addresses:
@@ -432,7 +433,9 @@ def starter_toml(
     try:
         network = ipaddress.IPv4Network(subnet, strict=True)
     except ValueError as exc:
-        raise UsageError(f"--subnet {subnet!r}: {exc}", hint="e.g. --subnet 192.168.10.0/24") from exc
+        raise UsageError(
+            f"--subnet {subnet!r}: {exc}", hint="e.g. --subnet 192.168.10.0/24"
+        ) from exc
     if module not in MODULES:
         raise UsageError(f"unknown module {module!r}", hint=f"one of: {', '.join(MODULES)}")
     L4TRelease.parse(l4t)

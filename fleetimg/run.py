@@ -74,7 +74,6 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     secrets: Iterable[str] = (),
     hint: str | None = None,
-    text: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion, capturing stdout and stderr as text."""
     argv = [str(a) for a in argv]
@@ -101,7 +100,7 @@ def run(
         raise CommandError(
             argv, -1, f"timed out after {timeout:.0f} s", hint=hint
         ) from exc
-    stdout = proc.stdout.decode(errors="replace") if text else proc.stdout
+    stdout = proc.stdout.decode(errors="replace")
     stderr = proc.stderr.decode(errors="replace")
     result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:

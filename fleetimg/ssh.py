@@ -105,7 +105,8 @@ class Ssh:
         text = stderr.strip()
         last = text.splitlines()[-1] if text else "no output from ssh"
         kh = self.options.known_hosts
-        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key verification failed" in text:
+        changed = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
+        if any(marker in text for marker in changed):
             return HostKeyChanged(
                 f"{node.name} ({node.address}): SSH host key changed since fleetimg last "
                 "connected; refusing to connect",

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from fleetimg import __version__, doctor, inventory
-from fleetimg.cli.render import emit_json, ok_word, table
+from fleetimg.cli.render import emit_json, ok_word
 from fleetimg.errors import FleetimgError, UsageError
 from fleetimg.inventory import Fleet
 from fleetimg.paths import default_inventory, log_file

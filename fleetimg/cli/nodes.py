@@ -87,10 +87,11 @@ def _probe_json(r: NodeOutcome[NodeProbe]) -> dict[str, object]:
 def _probe_row(r: NodeOutcome[NodeProbe]) -> list[object]:
     p = r.value
     if p is None:
-        return [r.node.name, ok_word(False, no="unreachable")] + ["-"] * 9
+        return [r.node.name, ok_word(False, no="unreachable"), *["-"] * 9]
     hostname = p.hostname if p.hostname_matches else f"{p.hostname} (!)"
     arch = p.arch + ("+arm64" if p.arm64_emulation and p.arch != "aarch64" else "")
-    return [
+    row: list[object] = [
         p.name, ok_word(True), arch, p.l4t, p.jetpack, p.board, p.docker_version,
         p.docker_runtime, "yes" if p.k3s_version else "no", human_bytes(p.free_bytes), hostname,
     ]
+    return row

@@ -1,0 +1,3 @@
+from fleetimg.cli.main import main
+
+main()

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Entry point of a fleetimg lab node: a container that plays a Jetson board.
+# /fleetimg (read-only bind mount) holds authorized_keys and this node's SSH host key.
+set -eu
+if [ -n "${FLEETIMG_TEGRA_RELEASE:-}" ]; then
+    printf '%s\n' "$FLEETIMG_TEGRA_RELEASE" > /etc/nv_tegra_release
+fi
+install -d -m 700 -o jetson -g jetson /home/jetson/.ssh
+install -m 600 -o jetson -g jetson /fleetimg/authorized_keys /home/jetson/.ssh/authorized_keys
+install -m 600 /fleetimg/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
+install -m 644 /fleetimg/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
+mkdir -p /run/sshd
+# binfmt registrations are kernel-wide; mounting the view lets probes see arm64 emulation.
+mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+# The node's own engine, as on a board. Its root is a volume, so overlay2 works nested.
+dockerd --storage-driver="${FLEETIMG_STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
+exec /usr/sbin/sshd -D -e -o HostKey=/etc/ssh/ssh_host_ed25519_key

@@ -1,0 +1,346 @@
+"""`fleetimg lab up|status|down`: a local fleet of containers that behave like Jetson nodes.
+
+Each node runs sshd and its own Docker engine, answers with a Jetson-like
+/etc/nv_tegra_release and runs arm64 images through the host's QEMU binfmt (registered
+with F, so the interpreter is found inside nested containers too). `lab up` writes a
+ready fleet.toml, an SSH key and a known_hosts file that already holds every node's key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+from docker.models.containers import Container
+
+from fleetimg import run as runmod
+from fleetimg.errors import FleetimgError, LabError
+from fleetimg.inventory import Fleet, load
+from fleetimg.l4t import L4TRelease, format_nv_tegra_release
+from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
+from fleetimg.paths import state_dir
+from fleetimg.ssh import Ssh, SshOptions
+
+log = logging.getLogger("fleetimg.lab")
+
+LABEL = "io.fleetimg.lab"
+DEFAULT_SUBNET = "172.29.213.0/24"
+DEFAULT_L4T = L4TRelease(32, 7, 1)
+
+# What works here instead of --privileged (which fails with "unable to apply caps"):
+# ../shared/JETSON-FACTS.md section 4.
+CONTAINER_OPTIONS: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+    "tmpfs": {"/run": "", "/tmp": ""},
+}
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    name: str = "lab"
+    nodes: int = 3
+    l4t: L4TRelease = DEFAULT_L4T
+    board: str = "t210ref"
+    subnet: str = DEFAULT_SUBNET
+    directory: Path | None = None
+
+    @property
+    def dir(self) -> Path:
+        return self.directory or state_dir() / self.name
+
+    @property
+    def network(self) -> str:
+        return f"fleetimg-{self.name}"
+
+    @property
+    def fleet_file(self) -> Path:
+        return self.dir / "fleet.toml"
+
+    def container(self, index: int) -> str:
+        return f"fleetimg-{self.name}-node{index}"
+
+    def volume(self, index: int) -> str:
+        return f"fleetimg-{self.name}-node{index}-docker"
+
+    def address(self, index: int) -> str:
+        net = ipaddress.IPv4Network(self.subnet)
+        return str(net.network_address + 10 + index)
+
+    @property
+    def gateway(self) -> str:
+        return str(ipaddress.IPv4Network(self.subnet).network_address + 1)
+
+
+@dataclass(frozen=True)
+class LabNodeStatus:
+    name: str
+    container: str
+    state: str
+    address: str | None
+    image: str | None
+
+
+def _client() -> docker.DockerClient:
+    try:
+        return docker.from_env(timeout=120)
+    except DockerException as exc:
+        raise LabError(
+            f"Docker engine not reachable: {exc}",
+            hint="`fleetimg doctor` says how to start it",
+        ) from exc
+
+
+def _validate(config: LabConfig) -> None:
+    try:
+        net = ipaddress.IPv4Network(config.subnet, strict=True)
+    except ValueError as exc:
+        raise LabError(f"--subnet {config.subnet!r}: {exc}", hint="e.g. 172.29.213.0/24") from exc
+    if not 1 <= config.nodes <= min(64, net.num_addresses - 12):
+        raise LabError(f"--nodes {config.nodes}: a lab has 1 to 64 nodes",
+                       hint="the machine has 2 cores; 3 to 8 nodes is plenty")
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+
+
+def _write_files(config: LabConfig) -> None:
+    d = config.dir
+    d.mkdir(parents=True, exist_ok=True)
+    _keygen(d / "id_ed25519", f"fleetimg-{config.name}")
+    known: list[str] = []
+    for i in range(1, config.nodes + 1):
+        node_dir = d / f"node{i}"
+        _keygen(node_dir / "ssh_host_ed25519_key", f"node{i}")
+        shutil.copy(d / "id_ed25519.pub", node_dir / "authorized_keys")
+        pub = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
+        known.append(f"{config.address(i)} {pub[0]} {pub[1]}")
+    (d / "known_hosts").write_text("\n".join(known) + "\n")
+    lines = [
+        f"# Lab fleet {config.name!r} written by `fleetimg lab up`: containers playing Jetson",
+        "# Nanos on this machine. `fleetimg lab down` removes them and this directory.",
+        "[fleet]",
+        f'name = "{config.name}"',
+        f'user = "{LAB_USER}"',
+        'ssh_key = "id_ed25519"',
+        'known_hosts = "known_hosts"',
+        f'subnet = "{config.subnet}"',
+        f'gateway = "{config.gateway}"',
+        f'dns = ["{config.gateway}"]',
+        f'l4t = "{config.l4t}"',
+        'runtime = "docker"',
+        "",
+    ]
+    for i in range(1, config.nodes + 1):
+        lines += [
+            "[[nodes]]",
+            f'name = "node{i}"',
+            f'address = "{config.address(i)}"',
+            f'role = "{"master" if i == 1 else "worker"}"',
+            'module = "nano-4gb"',
+            "",
+        ]
+    tmp = config.fleet_file.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(config.fleet_file)
+
+
+def _ensure_network(client: docker.DockerClient, config: LabConfig) -> None:
+    try:
+        net = client.networks.get(config.network)
+    except NotFound:
+        pass
+    else:
+        configs = net.attrs.get("IPAM", {}).get("Config") or [{}]
+        if configs[0].get("Subnet") == config.subnet:
+            return
+        raise LabError(
+            f"network {config.network} exists with subnet {configs[0].get('Subnet')}, "
+            f"not {config.subnet}",
+            hint=f"`fleetimg lab down --name {config.name}` first",
+        )
+    ipam = docker.types.IPAMConfig(
+        pool_configs=[docker.types.IPAMPool(subnet=config.subnet, gateway=config.gateway)]
+    )
+    try:
+        client.networks.create(config.network, driver="bridge", ipam=ipam,
+                               labels={LABEL: config.name})
+    except APIError as exc:
+        raise LabError(
+            f"cannot create network {config.network} ({config.subnet}): {exc.explanation}",
+            hint="choose a free subnet with --subnet (see `docker network ls`)",
+        ) from exc
+
+
+def _spec_hash(config: LabConfig, image: str, index: int) -> str:
+    text = "|".join([image, str(config.l4t), config.board, config.address(index),
+                     str(config.dir)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _lab_containers(client: docker.DockerClient, name: str) -> list[Container]:
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
+    return sorted(found, key=lambda c: c.name or "")
+
+
+def _start_node(
+    client: docker.DockerClient, config: LabConfig, image: str, index: int
+) -> None:
+    name = config.container(index)
+    spec = _spec_hash(config, image, index)
+    try:
+        existing = client.containers.get(name)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.labels.get(f"{LABEL}.spec") == spec:
+            if existing.status != "running":
+                existing.start()
+            return
+        existing.remove(force=True)
+    container = client.containers.create(
+        image,
+        name=name,
+        hostname=f"node{index}",
+        detach=True,
+        labels={LABEL: config.name, f"{LABEL}.node": f"node{index}", f"{LABEL}.spec": spec},
+        environment={
+            "FLEETIMG_TEGRA_RELEASE": format_nv_tegra_release(config.l4t, config.board).strip()
+        },
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            config.volume(index): {"bind": "/var/lib/docker", "mode": "rw"},
+            str(config.dir / f"node{index}"): {"bind": "/fleetimg", "mode": "ro"},
+        },
+        network=config.network,
+        networking_config={
+            config.network: client.api.create_endpoint_config(
+                ipv4_address=config.address(index)
+            )
+        },
+        **CONTAINER_OPTIONS,
+    )
+    container.start()
+
+
+def _wait_ready(fleet: Fleet, timeout: float = 120) -> None:
+    ssh = Ssh(SshOptions(known_hosts=fleet.known_hosts, connect_timeout=3))
+    deadline = time.monotonic() + timeout
+    pending = list(fleet.nodes)
+    last_error: FleetimgError | None = None
+    while pending and time.monotonic() < deadline:
+        node = pending[0]
+        try:
+            # Ready means: sshd answers with the expected key and the node's engine is up.
+            ssh.run(node, "docker version --format '{{.Server.Version}}'", timeout=10)
+        except FleetimgError as exc:
+            last_error = exc
+            time.sleep(0.5)
+            continue
+        pending.pop(0)
+    if pending:
+        raise LabError(
+            f"lab nodes not ready after {timeout:.0f} s: {', '.join(n.name for n in pending)}"
+            + (f" ({last_error.message})" if last_error else ""),
+            hint=f"look inside: docker logs fleetimg-{fleet.name}-{pending[0].name}",
+        )
+
+
+def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -> Fleet:
+    _validate(config)
+    runmod.require_tool("ssh-keygen")
+    client = _client()
+    image = ensure_node_image(client, on_step)
+    _write_files(config)
+    _ensure_network(client, config)
+    on_step(f"starting {config.nodes} node(s) on {config.network} ({config.subnet})")
+    for i in range(1, config.nodes + 1):
+        _start_node(client, config, image, i)
+    wanted = {config.container(i) for i in range(1, config.nodes + 1)}
+    for extra in _lab_containers(client, config.name):
+        if extra.name not in wanted:
+            on_step(f"removing {extra.name} (beyond --nodes {config.nodes})")
+            extra.remove(force=True, v=True)
+            _remove_volume(client, f"{extra.name}-docker")
+    fleet = load(config.fleet_file)
+    on_step("waiting for sshd and Docker on every node")
+    _wait_ready(fleet)
+    return fleet
+
+
+def lab_status(name: str = "lab") -> list[LabNodeStatus]:
+    client = _client()
+    out = []
+    for c in _lab_containers(client, name):
+        networks = c.attrs.get("NetworkSettings", {}).get("Networks", {})
+        address = networks.get(f"fleetimg-{name}", {}).get("IPAddress") or None
+        tags = c.image.tags if c.image is not None else []
+        out.append(
+            LabNodeStatus(
+                name=c.labels.get(f"{LABEL}.node", c.name or "?"),
+                container=c.name or "?",
+                state=c.status,
+                address=address,
+                image=tags[0] if tags else None,
+            )
+        )
+    return out
+
+
+def _remove_volume(client: docker.DockerClient, name: str) -> None:
+    with contextlib.suppress(NotFound):
+        client.volumes.get(name).remove(force=True)
+
+
+def lab_down(
+    config: LabConfig, *, purge_image: bool = False,
+    on_step: Callable[[str], None] = lambda s: None,
+) -> list[str]:
+    """Remove the lab's containers, volumes, network and directory. Returns what was removed."""
+    client = _client()
+    removed: list[str] = []
+    if config.fleet_file.exists():
+        try:
+            fleet = load(config.fleet_file)
+        except FleetimgError:
+            fleet = None
+        if fleet is not None:
+            ssh = Ssh(SshOptions(known_hosts=fleet.known_hosts))
+            for node in fleet.nodes:
+                ssh.disconnect(node)
+    for c in _lab_containers(client, config.name):
+        on_step(f"removing container {c.name}")
+        c.remove(force=True, v=True)
+        removed.append(f"container {c.name}")
+    for vol in client.volumes.list(filters={"name": f"fleetimg-{config.name}-node"}):
+        vol.remove(force=True)
+        removed.append(f"volume {vol.name}")
+    try:
+        client.networks.get(config.network).remove()
+        removed.append(f"network {config.network}")
+    except NotFound:
+        pass
+    if config.dir.exists():
+        shutil.rmtree(config.dir)
+        removed.append(f"directory {config.dir}")
+    if purge_image:
+        for image in client.images.list(name="fleetimg/lab-node"):
+            client.images.remove(image.id or "", force=True)
+            removed.append(f"image {', '.join(image.tags) or image.id}")
+    return removed

@@ -1,0 +1,126 @@
+"""The lab node image: Debian with sshd and a Docker engine, built locally by debootstrap.
+
+Nothing is pulled from any registry: the root filesystem comes from Debian's package mirror
+and is turned into an image with `docker import`. The tag carries a hash of everything that
+goes into the image, so a second `lab up` finds it and skips the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+
+from fleetimg import run as runmod
+from fleetimg.errors import LabError
+from fleetimg.paths import state_dir
+
+log = logging.getLogger("fleetimg.lab")
+
+SUITE = "bookworm"
+PACKAGES = (
+    "openssh-server", "docker.io", "containerd", "iproute2", "sudo", "ca-certificates",
+    "zstd", "pigz", "procps", "iptables", "gawk",
+)
+LAB_USER = "jetson"
+IMAGE_REPO = "fleetimg/lab-node"
+IMAGE_FORMAT = "3"  # bump when the build steps below change
+
+
+def debian_mirror() -> str:
+    return os.environ.get("FLEETIMG_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def init_script() -> str:
+    return resources.files("fleetimg.lab").joinpath("files/lab-init.sh").read_text()
+
+
+def node_image_tag() -> str:
+    digest = hashlib.sha256(
+        "\n".join([IMAGE_FORMAT, SUITE, *PACKAGES, init_script()]).encode()
+    ).hexdigest()[:12]
+    return f"{IMAGE_REPO}:{digest}"
+
+
+def ensure_node_image(
+    client: docker.DockerClient, on_step: Callable[[str], None] = lambda s: None
+) -> str:
+    tag = node_image_tag()
+    try:
+        client.images.get(tag)
+        return tag
+    except ImageNotFound:
+        pass
+    if os.geteuid() != 0:
+        raise LabError(
+            "building the lab node image needs root (debootstrap and chroot)",
+            hint="run `sudo fleetimg lab up ...` once; later runs reuse the image",
+        )
+    runmod.require_tool("debootstrap")
+    work = state_dir() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="lab-node-", dir=work))
+    try:
+        on_step(f"debootstrap {SUITE} (amd64) from {debian_mirror()}: about a minute")
+        runmod.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+             SUITE, str(root), debian_mirror()],
+            hint="check that Debian's package mirror is reachable "
+            "(FLEETIMG_DEBIAN_MIRROR chooses another)",
+        )
+        on_step("configuring the node user, sudo and sshd")
+        _configure_root(root)
+        on_step(f"importing the root filesystem as {tag}")
+        _import_root(root, tag)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return tag
+
+
+def _configure_root(root: Path) -> None:
+    runmod.run(["chroot", str(root), "useradd", "-m", "-s", "/bin/bash",
+                "-G", "sudo,docker", LAB_USER])
+    # '*' rather than useradd's '!': sshd refuses even key logins to a locked account.
+    runmod.run(["chroot", str(root), "usermod", "-p", "*", LAB_USER])
+    sudoers = root / "etc/sudoers.d" / LAB_USER
+    sudoers.write_text(f"{LAB_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
+    (root / "etc/ssh/sshd_config.d/fleetimg-lab.conf").write_text(
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n"
+    )
+    init = root / "usr/local/sbin/fleetimg-lab-init"
+    init.write_text(init_script())
+    init.chmod(0o755)
+    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+    (root / "etc/hostname").write_text("lab-node\n")
+
+
+def _import_root(root: Path, tag: str) -> None:
+    tar = runmod.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
+    assert tar.stdout is not None
+    importer = runmod.spawn(
+        ["docker", "import",
+         "-c", 'ENTRYPOINT ["/usr/local/sbin/fleetimg-lab-init"]',
+         "-c", "LABEL io.fleetimg.lab-node=1",
+         "-", tag],
+        stdin=tar.stdout,
+    )
+    tar.stdout.close()
+    _, err = importer.communicate()
+    if tar.wait() != 0 or importer.returncode != 0:
+        raise LabError(
+            f"importing the lab root filesystem failed: {err.decode(errors='replace').strip()}",
+            hint="is the Docker engine running? `fleetimg doctor`",
+        )

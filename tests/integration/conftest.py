@@ -1,0 +1,69 @@
+"""Integration fixtures: a real Docker engine, a real lab fleet, real sshd on every node.
+
+The lab is built once per test run and shared; tests that need to break a node use their
+own containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from fleetimg.inventory import Fleet
+from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from tests.integration.images import ensure_arm64_mini_image
+
+pytestmark = pytest.mark.integration
+
+LAB_SUBNET = "172.29.214.0/24"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    client = docker.from_env()
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def lab_config(tmp_path_factory: pytest.TempPathFactory) -> LabConfig:
+    return LabConfig(name="itest", nodes=3, subnet=LAB_SUBNET,
+                     directory=tmp_path_factory.mktemp("lab"))
+
+
+@pytest.fixture(scope="session")
+def lab_fleet(docker_client: docker.DockerClient, lab_config: LabConfig) -> Iterator[Fleet]:
+    lab_down(lab_config)  # leftovers of an interrupted earlier run
+    fleet = lab_up(lab_config)
+    yield fleet
+    lab_down(lab_config)
+
+
+@pytest.fixture(scope="session")
+def arm64_image(docker_client: docker.DockerClient) -> str:
+    return ensure_arm64_mini_image(docker_client)
+
+
+def fleetimg(*args: str, env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetimg", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+    )
+
+
+def fleetimg_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, object]:
+    proc = fleetimg(*args, "--json", env=env)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def inventory_arg(path: Path) -> tuple[str, str]:
+    return ("-i", str(path))

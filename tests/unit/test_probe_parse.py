@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetimg import inventory
+from fleetimg.errors import FleetimgError
+from fleetimg.l4t import L4TRelease
+from fleetimg.probe import parse_probe_output
+from tests.conftest import DATA
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> inventory.Fleet:
+    path = tmp_path / "fleet.toml"
+    path.write_text(inventory.starter_toml(nodes=3, subnet="192.168.10.0/24"))
+    return inventory.load(path)
+
+
+def test_lab_node_output(fleet: inventory.Fleet) -> None:
+    probe = parse_probe_output(fleet.node("node2"), (DATA / "probe/lab-node.txt").read_text())
+    assert probe.arch == "x86_64"
+    assert probe.l4t == L4TRelease(32, 7, 1) and probe.jetpack == "4.6.1"
+    assert probe.board == "t210ref"
+    assert probe.docker_version == "20.10.24+dfsg1"
+    assert probe.docker_runtime == "runc"
+    assert probe.free_bytes == 80719936 * 1024
+    assert probe.hostname_matches and probe.hosts_has_name
+    assert probe.tools == ("zstd", "pigz", "gzip")
+    assert probe.k3s_version is None
+    assert probe.warnings == []
+
+
+def test_real_nano_output_with_warnings(fleet: inventory.Fleet) -> None:
+    probe = parse_probe_output(fleet.node("node2"), (DATA / "probe/nano-jp461.txt").read_text())
+    assert probe.arch == "aarch64" and probe.runs_arm64
+    assert probe.docker_runtime == "nvidia" and "nvidia" in probe.docker_runtimes
+    assert probe.docker_sudo
+    assert probe.k3s_version is not None and "v1.28.5" in probe.k3s_version
+    assert not probe.hostname_matches
+    warnings = " ".join(probe.warnings)
+    assert "hostname is 'nano-02'" in warnings and "/etc/hosts lacks 'node2'" in warnings
+    as_json = probe.to_dict()
+    assert as_json["l4t"] == "R32.7.1" and as_json["jetpack"] == "4.6.1"
+
+
+def test_truncated_output_is_an_error(fleet: inventory.Fleet) -> None:
+    with pytest.raises(FleetimgError, match="probe output incomplete"):
+        parse_probe_output(fleet.node("node1"), (DATA / "probe/truncated.txt").read_text())
+
+
+def test_non_l4t_host(fleet: inventory.Fleet) -> None:
+    probe = parse_probe_output(fleet.node("node1"), "arch=x86_64\nhostname=node1\nprobe=done\n")
+    assert probe.l4t is None and probe.jetpack is None
+    assert any("not an L4T system" in w for w in probe.warnings)
