@@ -65,8 +65,17 @@ _GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$", re.IGNORECASE)
 
 FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
-    "known_hosts", "sdcard_image",
+    "known_hosts",
 }
+SDCARD_KEYS = {
+    "image", "user", "password_hash", "authorized_keys", "groups", "headless", "max_power",
+    "swap", "docker_nvidia_default", "k3s_server", "k3s_token_file", "internal_ssh_key",
+}
+DEFAULT_USER_GROUPS = (
+    "adm", "cdrom", "sudo", "audio", "dip", "video", "plugdev", "i2c", "gpio", "lpadmin",
+    "gdm", "sambashare", "weston-launch", "render", "docker",
+)
+_SWAP_RE = re.compile(r"^(off|zram|[1-9][0-9]*[MG])$")
 NODE_KEYS = {
     "name", "address", "role", "module", "groups", "user", "ssh_key", "port", "l4t", "runtime",
 }
@@ -91,6 +100,24 @@ class Node:
 
 
 @dataclass(frozen=True)
+class SdcardSettings:
+    """[sdcard]: what `fleetimg sdcard` writes onto every card besides the per-node identity."""
+
+    image: Path | None = None
+    user: str = "jetson"
+    password_hash: str | None = None  # SHA-512 crypt; None = key-only login
+    authorized_keys: tuple[Path, ...] = ()
+    groups: tuple[str, ...] = DEFAULT_USER_GROUPS
+    headless: bool = True
+    max_power: bool = True
+    swap: str = "zram"  # off (K3s), zram (NVIDIA's default) or a swap file size like 4G
+    docker_nvidia_default: bool = True
+    k3s_server: str | None = None
+    k3s_token_file: Path | None = None
+    internal_ssh_key: bool = False
+
+
+@dataclass(frozen=True)
 class Fleet:
     name: str
     path: Path | None
@@ -99,8 +126,16 @@ class Fleet:
     dns: tuple[str, ...]
     known_hosts: Path
     nodes: tuple[Node, ...]
-    sdcard_image: Path | None = None
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sdcard: SdcardSettings = field(default_factory=SdcardSettings)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
+    def masters(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role is Role.MASTER)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -232,9 +267,9 @@ def _port(value: Any, where: str, p: _Problems) -> int | None:
 
 def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Fleet:
     p = _Problems()
-    top_extra = set(data) - {"fleet", "nodes"}
+    top_extra = set(data) - {"fleet", "nodes", "sdcard"}
     for key in sorted(top_extra):
-        p.add(key, "unknown table (expected [fleet] and [[nodes]])")
+        p.add(key, "unknown table (expected [fleet], [sdcard] and [[nodes]])")
     fleet_t = data.get("fleet", {})
     if not isinstance(fleet_t, Mapping):
         raise InventoryError("fleet: must be a table ([fleet])")
@@ -249,9 +284,6 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
     known_hosts = _path(
         fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
     ) or default_known_hosts()
-    sdcard_image = _path(
-        fleet_t.get("sdcard_image"), base_dir, "fleet.sdcard_image", p, must_exist=False
-    )
 
     subnet: ipaddress.IPv4Network | None = None
     subnet_text = _str(fleet_t.get("subnet"), "fleet.subnet", p)
@@ -399,6 +431,8 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
             )
         )
 
+    sdcard = _parse_sdcard(data.get("sdcard", {}), base_dir, user, ssh_key, runtime, p)
+
     lower_names = {n.lower() for n in names}
     for g in groups:
         if g.lower() in lower_names:
@@ -420,8 +454,71 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
         dns=tuple(dns),
         known_hosts=known_hosts,
         nodes=tuple(nodes),
-        sdcard_image=sdcard_image,
         groups={g: tuple(members) for g, members in groups.items()},
+        sdcard=sdcard,
+    )
+
+
+def _bool(table: Mapping[str, Any], key: str, default: bool, p: _Problems) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        p.add(f"sdcard.{key}", f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _parse_sdcard(
+    table: Any, base_dir: Path, fleet_user: str, ssh_key: Path | None,
+    runtime: Runtime | None, p: _Problems,
+) -> SdcardSettings:
+    if not isinstance(table, Mapping):
+        p.add("sdcard", "must be a table ([sdcard])")
+        return SdcardSettings()
+    _check_keys(table, SDCARD_KEYS, "sdcard", p)
+    user = _str(table.get("user", fleet_user), "sdcard.user", p) or fleet_user
+    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+        p.add("sdcard.user", f"{user!r} is not a valid Linux user name")
+    pw = _str(table.get("password_hash"), "sdcard.password_hash", p)
+    if pw is not None and not pw.startswith("$6$"):
+        p.add("sdcard.password_hash",
+              "must be a SHA-512 crypt hash ($6$...): make one with `openssl passwd -6`")
+    keys_raw = table.get("authorized_keys")
+    keys: list[Path] = []
+    if keys_raw is None:
+        if ssh_key is not None and ssh_key.with_name(ssh_key.name + ".pub").is_file():
+            keys.append(ssh_key.with_name(ssh_key.name + ".pub"))
+    elif not isinstance(keys_raw, list):
+        p.add("sdcard.authorized_keys", "must be a list of public key files")
+    else:
+        for i, entry in enumerate(keys_raw):
+            key = _path(entry, base_dir, f"sdcard.authorized_keys[{i}]", p, must_exist=True)
+            if key is not None:
+                keys.append(key)
+    groups_raw = table.get("groups", list(DEFAULT_USER_GROUPS))
+    if not isinstance(groups_raw, list) or not all(isinstance(g, str) for g in groups_raw):
+        p.add("sdcard.groups", "must be a list of group names")
+        groups_raw = list(DEFAULT_USER_GROUPS)
+    default_swap = "off" if runtime is Runtime.K3S else "zram"
+    swap = _str(table.get("swap", default_swap), "sdcard.swap", p) or default_swap
+    if not _SWAP_RE.match(swap):
+        p.add("sdcard.swap", f"{swap!r}: use off (K3s), zram, or a swap file size like 4G")
+    server = _str(table.get("k3s_server"), "sdcard.k3s_server", p)
+    if server is not None and not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?$", server):
+        p.add("sdcard.k3s_server", f"{server!r}: expected https://HOST:6443")
+    return SdcardSettings(
+        image=_path(table.get("image"), base_dir, "sdcard.image", p, must_exist=False),
+        user=user,
+        password_hash=pw,
+        authorized_keys=tuple(keys),
+        groups=tuple(groups_raw),
+        headless=_bool(table, "headless", True, p),
+        max_power=_bool(table, "max_power", True, p),
+        swap=swap,
+        docker_nvidia_default=_bool(table, "docker_nvidia_default", True, p),
+        k3s_server=server,
+        k3s_token_file=_path(table.get("k3s_token_file"), base_dir, "sdcard.k3s_token_file",
+                             p, must_exist=True),
+        internal_ssh_key=_bool(table, "internal_ssh_key", False, p),
     )
 
 
@@ -465,8 +562,28 @@ def starter_toml(
         f'l4t = "{l4t}"',
         "# Container runtime on the boards: docker or k3s.",
         f'runtime = "{runtime}"',
-        "# JetPack SD card image used by `fleetimg sdcard` when --image is not given.",
-        '# sdcard_image = "jetson-nano-jp461-sd-card-image.zip"',
+        "",
+        "# What `fleetimg sdcard` writes on every card (hostname, /etc/hosts and the static",
+        "# address come from [[nodes]]). All optional.",
+        "[sdcard]",
+        "# JetPack SD card image used when --image is not given (.img, .zip, .xz, .gz).",
+        '# image = "jetson-nano-jp461-sd-card-image.zip"',
+        "# Login user created instead of the oem-config wizard; key-only unless a hash is set",
+        "# (openssl passwd -6). Keys default to ssh_key + .pub.",
+        '# user = "jetson"',
+        '# password_hash = "$6$..."',
+        '# authorized_keys = ["~/.ssh/id_ed25519.pub"]',
+        "# Boot to a console (multi-user.target), max power mode (nvpmodel -m 0).",
+        "# headless = true",
+        "# max_power = true",
+        "# swap: off (K3s wants none), zram (NVIDIA default) or a swap file size like 4G (MPI).",
+        '# swap = "zram"',
+        "# docker_nvidia_default = true",
+        "# K3s agents join the master: token file is a secret, written 0600.",
+        '# k3s_server = "https://192.168.10.11:6443"',
+        '# k3s_token_file = "k3s-token"',
+        "# A fleet-internal key pair for node-to-node SSH (MPI/Horovod, push relays).",
+        "# internal_ssh_key = false",
         "",
     ]
     for i in range(nodes):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fleetimg.cli.render import emit_json, table
+from fleetimg.errors import UsageError
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.manager import DEFAULT_SUBNET, LabConfig, lab_down, lab_status, lab_up
 
@@ -72,3 +73,34 @@ def down(name: str, directory: Path | None, purge: bool) -> None:
     removed = lab_down(LabConfig(name=name, directory=directory), purge_image=purge)
     click.echo(f"lab {name!r}: removed {len(removed)} item(s)" if removed
                else f"lab {name!r}: nothing to remove")
+
+
+@lab.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--l4t", default="R32.7.1", show_default=True)
+@click.option("--board", default="t210ref", show_default=True)
+@click.option("--app-size", default="256M", show_default=True,
+              help="Size of the APP (root) partition, e.g. 256M or 2G.")
+@click.option("--payload", default="16M", show_default=True,
+              help="Incompressible data in the root filesystem (stands in for CUDA & co).")
+@click.option("--booted", is_flag=True, help="Make it look like a card from a booted board.")
+def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
+            booted: bool) -> None:
+    """Build a Jetson-like SD card image (GPT, 14 partitions, APP last) for rehearsals."""
+    from fleetimg.sdcard.testimage import build_test_image
+
+    out = build_test_image(output, app_size=_size(app_size), l4t=L4TRelease.parse(l4t),
+                           board=board, booted=booted, payload=_size(payload))
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB, L4T {l4t}"
+               f"{', booted' if booted else ''})")
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper()
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise UsageError(f"not a size: {text!r}", hint="e.g. 256M or 2G") from None

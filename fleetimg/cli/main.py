@@ -129,10 +129,11 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import lab, nodes
+    from fleetimg.cli import lab, nodes, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
+    cli.add_command(sdcard.sdcard)
 
 
 _register()

@@ -1,0 +1,199 @@
+"""`fleetimg sdcard`: plan, write, verify and personalise SD cards (or per-node image files).
+
+Planning does every check before the first byte is written; writing an image file goes to
+`NAME.part` and is renamed only when complete, so a failure never leaves a half-made image.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetimg.errors import DiskError, UsageError
+from fleetimg.inventory import Fleet, Node
+from fleetimg.parallel import NodeOutcome, for_each_node
+from fleetimg.sdcard import drives
+from fleetimg.sdcard.ext4 import Ext4
+from fleetimg.sdcard.inspect import CLONED_EXPLANATION, RootfsReport, inspect_rootfs
+from fleetimg.sdcard.overlay import (
+    Overlay,
+    apply_overlay,
+    build_overlay,
+    validate_settings,
+    verify_overlay,
+)
+from fleetimg.sdcard.source import resolve_source
+from fleetimg.sdcard.writer import (
+    WritePlan,
+    open_file_target,
+    plan_write,
+    verify_mapped,
+    write_mapped,
+)
+
+# (phase, bytes done in this call, phase total); phases: write, verify, overlay
+CardProgress = Callable[[str, int, int], None]
+
+
+class ClonedImage(DiskError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class SdcardOptions:
+    verify: bool = True
+    allow_cloned: bool = False
+    allow_non_removable: bool = False
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    original: Path
+    raw: Path
+    plan: WritePlan
+    report: RootfsReport
+
+    @property
+    def app_offset(self) -> int:
+        app = self.plan.table.by_name("APP")
+        assert app is not None
+        return app.offset
+
+
+@dataclass(frozen=True)
+class CardPlan:
+    node: Node
+    target: Path
+    drive: drives.Drive | None
+    warnings: tuple[str, ...]
+    source: SourceImage
+    overlay: Overlay
+
+    @property
+    def is_device(self) -> bool:
+        return self.drive is not None
+
+
+@dataclass(frozen=True)
+class CardResult:
+    node: str
+    target: str
+    image_bytes: int
+    written_bytes: int
+    seconds: float
+    verified: bool
+    overlay: list[dict[str, object]] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+
+def prepare_source(image: Path, progress: Callable[[int, int], None] | None = None) -> SourceImage:
+    raw = resolve_source(image, progress)
+    plan = plan_write(raw)
+    fs = Ext4(raw, plan.table.by_name("APP").offset)  # type: ignore[union-attr]
+    return SourceImage(image, raw, plan, inspect_rootfs(fs))
+
+
+def source_warnings(source: SourceImage, node: Node) -> list[str]:
+    tegra = source.report.tegra
+    if tegra is None:
+        return ["the image has no /etc/nv_tegra_release: not an L4T image?"]
+    if tegra.release != node.l4t:
+        return [f"the image is L4T {tegra.release} but {node.name} is configured for "
+                f"{node.l4t} in the inventory"]
+    return []
+
+
+def is_device_path(target: Path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return str(target).startswith("/dev/")
+
+
+def plan_card(
+    fleet: Fleet, node: Node, target: Path, source: SourceImage, options: SdcardOptions
+) -> CardPlan:
+    """Every check, nothing written. Raises on the first reason to refuse."""
+    validate_settings(fleet, node)
+    if source.report.booted and not options.allow_cloned:
+        raise ClonedImage(
+            f"{source.original} is a cloned card: "
+            + "; ".join(source.report.booted_markers),
+            hint=CLONED_EXPLANATION,
+        )
+    warnings = source_warnings(source, node)
+    drive = None
+    if is_device_path(target):
+        drive = drives.describe(target)
+        warnings += drives.check_drive(
+            drive, image_bytes=source.plan.image_bytes, source=source.raw,
+            allow_non_removable=options.allow_non_removable,
+        )
+    else:
+        if target.resolve() in (source.raw.resolve(), source.original.resolve()):
+            raise drives.DriveRefused(f"{target} is the source image itself")
+        if not target.parent.is_dir():
+            raise UsageError(f"{target.parent} does not exist",
+                             hint="create the directory first")
+        if target.exists():
+            if not target.is_file():
+                raise drives.DriveRefused(f"{target} exists and is not a regular file")
+            warnings.append(f"{target} exists and will be replaced")
+    overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset),
+                            reset_identity=options.allow_cloned and source.report.booted)
+    return CardPlan(node, target, drive, tuple(warnings), source, overlay)
+
+
+def write_card(plan: CardPlan, options: SdcardOptions,
+               progress: CardProgress | None = None) -> CardResult:
+    start = time.monotonic()
+    wplan = plan.source.plan
+    report = progress or (lambda phase, n, total: None)
+    if plan.is_device:
+        fd = drives.open_exclusive(plan.target)
+        written_path = plan.target
+    else:
+        written_path = plan.target.with_name(plan.target.name + ".part")
+        fd = open_file_target(written_path, wplan.image_bytes)
+    try:
+        try:
+            digest = write_mapped(wplan, fd, lambda n: report("write", n, wplan.mapped_bytes))
+            if options.verify:
+                verify_mapped(wplan, fd, digest,
+                              lambda n: report("verify", n, wplan.mapped_bytes))
+        finally:
+            os.close(fd)
+        fs = Ext4(written_path, plan.source.app_offset)
+        report("overlay", 0, len(plan.overlay.files))
+        apply_overlay(fs, plan.overlay)
+        verify_overlay(fs, plan.overlay)
+        report("overlay", len(plan.overlay.files), len(plan.overlay.files))
+    except BaseException:
+        if not plan.is_device:
+            written_path.unlink(missing_ok=True)
+        raise
+    if not plan.is_device:
+        written_path.replace(plan.target)
+    return CardResult(
+        node=plan.node.name, target=str(plan.target), image_bytes=wplan.image_bytes,
+        written_bytes=wplan.mapped_bytes, seconds=time.monotonic() - start,
+        verified=options.verify, overlay=plan.overlay.summary(), notes=plan.overlay.notes,
+    )
+
+
+def write_cards(
+    plans: Sequence[CardPlan], options: SdcardOptions, *, parallel: int = 4,
+    progress_for: Callable[[CardPlan], CardProgress] | None = None,
+) -> list[NodeOutcome[CardResult]]:
+    """Several cards at once; one failing card never stops the others."""
+    by_node = {p.node.name: p for p in plans}
+
+    def one(node: Node) -> CardResult:
+        plan = by_node[node.name]
+        return write_card(plan, options, progress_for(plan) if progress_for else None)
+
+    return for_each_node([p.node for p in plans], one, parallel=parallel)

@@ -1,0 +1,94 @@
+"""The JetPack SD card image to write: .img as is; .zip (NVIDIA's format), .xz and .gz are
+decompressed once, streaming, into a sparse cached .img so block-mapped writing, hashing and
+several cards in a row can seek in it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, cast
+
+from fleetimg.errors import DiskError
+from fleetimg.paths import state_dir
+
+CHUNK = 4 << 20
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def cache_dir() -> Path:
+    return state_dir() / "images"
+
+
+def _open_compressed(path: Path) -> tuple[IO[bytes], int, zipfile.ZipFile | None]:
+    """Returns (stream, uncompressed size or 0 if unknown, zip handle to close)."""
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        zf = zipfile.ZipFile(path)
+        members = [m for m in zf.infolist() if m.filename.lower().endswith(".img")]
+        if len(members) != 1:
+            zf.close()
+            raise DiskError(f"{path}: expected exactly one .img inside the zip, found "
+                            f"{len(members)}", hint="unzip it and pass the .img with --image")
+        return zf.open(members[0]), members[0].file_size, zf
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb"), 0, None
+    if name.endswith(".gz"):
+        return cast(IO[bytes], gzip.GzipFile(path, "rb")), 0, None
+    raise DiskError(f"{path}: unknown image format",
+                    hint="use a .img, .zip (NVIDIA's download), .img.xz or .img.gz file")
+
+
+def is_compressed(path: Path) -> bool:
+    return path.name.lower().endswith((".zip", ".xz", ".gz"))
+
+
+def resolve_source(path: Path, progress: Progress | None = None) -> Path:
+    """A seekable raw image for `path`, decompressing into the cache when needed."""
+    if not path.exists():
+        raise DiskError(f"image {path} does not exist",
+                        hint="download NVIDIA's SD card image, or set [sdcard] image in "
+                        "fleet.toml; `fleetimg lab sdimage` makes a Jetson-like test image")
+    if not is_compressed(path):
+        return path
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    stem = path.name
+    for suffix in (".zip", ".xz", ".gz", ".img"):
+        stem = stem.removesuffix(suffix)
+    out = cache_dir() / f"{stem}-{key[:10]}.img"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    stream, total, zf = _open_compressed(path)
+    try:
+        with stream, part.open("wb") as dst:
+            done = 0
+            while True:
+                block = stream.read(CHUNK)
+                if not block:
+                    break
+                # Leave holes for zeros: a 14 GB image that is mostly empty stays small.
+                if block.count(0) == len(block):
+                    dst.seek(len(block), os.SEEK_CUR)
+                else:
+                    dst.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total or done)
+            dst.truncate(done)
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        part.unlink(missing_ok=True)
+        raise DiskError(f"{path}: cannot decompress: {exc}",
+                        hint="the download may be incomplete; check its checksum") from exc
+    finally:
+        if zf is not None:
+            zf.close()
+    part.replace(out)
+    return out

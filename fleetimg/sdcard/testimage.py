@@ -1,0 +1,155 @@
+"""A Jetson-like SD card image, built without root (sgdisk + mke2fs -d), for rehearsals,
+tests and benchmarks: GPT, 14 partitions, APP (ext4 root) as partition 1 but physically
+last at sector 28672, and a root filesystem skeleton with what fleetimg reads and edits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fleetimg import run as runmod
+from fleetimg.l4t import L4TRelease, format_nv_tegra_release
+from fleetimg.sdcard.gpt import SECTOR
+
+APP_START = 28672
+DEFAULT_L4T = L4TRelease(32, 7, 1)
+FIRMWARE = ("TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS",
+            "BMP", "RP4")
+FIRMWARE_SECTORS = 1024
+
+PASSWD = """root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+bin:x:2:2:bin:/bin:/usr/sbin/nologin
+sys:x:3:3:sys:/dev:/usr/sbin/nologin
+sync:x:4:65534:sync:/bin:/bin/sync
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+systemd-network:x:100:102:systemd Network Management,,,:/run/systemd/netif:/usr/sbin/nologin
+messagebus:x:103:106::/nonexistent:/usr/sbin/nologin
+sshd:x:110:65534::/run/sshd:/usr/sbin/nologin
+gdm:x:121:125:Gnome Display Manager:/var/lib/gdm3:/bin/false
+"""
+SHADOW = """root:*:19000:0:99999:7:::
+daemon:*:19000:0:99999:7:::
+bin:*:19000:0:99999:7:::
+sys:*:19000:0:99999:7:::
+sync:*:19000:0:99999:7:::
+nobody:*:19000:0:99999:7:::
+systemd-network:*:19000:0:99999:7:::
+messagebus:*:19000:0:99999:7:::
+sshd:*:19000:0:99999:7:::
+gdm:*:19000:0:99999:7:::
+"""
+GROUPS = [("root", 0), ("daemon", 1), ("bin", 2), ("sys", 3), ("adm", 4), ("tty", 5),
+          ("disk", 6), ("dialout", 20), ("cdrom", 24), ("sudo", 27), ("audio", 29),
+          ("dip", 30), ("video", 44), ("plugdev", 46), ("users", 100),
+          ("systemd-journal", 101), ("systemd-network", 102), ("messagebus", 106),
+          ("i2c", 108), ("lpadmin", 115), ("gdm", 125), ("sambashare", 126),
+          ("weston-launch", 127), ("gpio", 999), ("nogroup", 65534)]
+
+
+def _write(root: Path, rel: str, text: str | bytes, mode: int = 0o644) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    path.chmod(mode)
+
+
+def make_rootfs(
+    root: Path, *, l4t: L4TRelease, board: str, booted: bool = False, payload: int = 0
+) -> None:
+    """Fill `root` with a Jetson-like root filesystem skeleton."""
+    _write(root, "etc/nv_tegra_release", format_nv_tegra_release(l4t, board))
+    _write(root, "etc/passwd", PASSWD)
+    _write(root, "etc/shadow", SHADOW, 0o640)
+    _write(root, "etc/group", "".join(f"{n}:x:{g}:\n" for n, g in GROUPS))
+    _write(root, "etc/gshadow", "".join(f"{n}:*::\n" for n, _ in GROUPS), 0o640)
+    _write(root, "etc/hostname", "localhost.localdomain\n")
+    _write(root, "etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    _write(root, "etc/skel/.bashrc", "# ~/.bashrc\nexport PATH=/usr/local/cuda/bin:$PATH\n")
+    _write(root, "etc/skel/.profile", "# ~/.profile\n[ -f ~/.bashrc ] && . ~/.bashrc\n")
+    _write(root, "etc/docker/daemon.json", '{\n    "runtimes": {\n        "nvidia": {\n'
+           '            "path": "nvidia-container-runtime",\n'
+           '            "runtimeArgs": []\n        }\n    }\n}\n')
+    _write(root, "etc/ssh/sshd_config", "#PermitRootLogin prohibit-password\nUsePAM yes\n")
+    for target in ("nv-oem-config.target", "multi-user.target", "graphical.target"):
+        _write(root, f"lib/systemd/system/{target}", f"[Unit]\nDescription={target}\n")
+    _write(root, "lib/systemd/system/nvzramconfig.service", "[Unit]\nDescription=ZRAM\n")
+    for d in ("etc/NetworkManager/system-connections", "etc/systemd/system/multi-user.target.wants",
+              "home", "root", "tmp", "var/lib", "usr/local/sbin", "etc/sudoers.d"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "etc/NetworkManager/system-connections").chmod(0o755)
+    default_target = root / "etc/systemd/system/default.target"
+    if booted:
+        # What a card copied from a running board looks like: first boot already done.
+        _write(root, "etc/machine-id", "5f3b1c2d9e8a4b7c6d5e4f3a2b1c0d9e\n", 0o444)
+        for kind in ("rsa", "ecdsa", "ed25519"):
+            _write(root, f"etc/ssh/ssh_host_{kind}_key", f"PRIVATE {kind}\n", 0o600)
+            _write(root, f"etc/ssh/ssh_host_{kind}_key.pub", f"ssh-{kind} AAAA source-board\n")
+        _write(root, "etc/rancher/node/password", "a1b2c3d4e5f6\n", 0o600)
+        with (root / "etc/passwd").open("a") as fh:
+            fh.write("nvidia:x:1000:1000:nvidia,,,:/home/nvidia:/bin/bash\n")
+        (root / "home/nvidia").mkdir()
+        _write(root, "etc/hostname", "jetson-source\n")
+        os.symlink("/lib/systemd/system/graphical.target", default_target)
+    else:
+        _write(root, "etc/machine-id", "", 0o444)
+        _write(root, "etc/nv/nvfirstboot", "")
+        os.symlink("/lib/systemd/system/nv-oem-config.target", default_target)
+    if payload:
+        # Incompressible data stands in for CUDA, cuDNN and the desktop: real blocks to copy.
+        chunk = 8 << 20
+        left, i = payload, 0
+        while left > 0:
+            blob = os.urandom(min(chunk, left))
+            _write(root, f"usr/lib/aarch64-linux-gnu/payload-{i:03d}.bin", blob)
+            left -= chunk
+            i += 1
+
+
+def build_test_image(
+    out: Path,
+    *,
+    app_size: int = 256 << 20,
+    l4t: L4TRelease = DEFAULT_L4T,
+    board: str = "t210ref",
+    booted: bool = False,
+    payload: int = 16 << 20,
+) -> Path:
+    """Write a Jetson-like SD card image to `out` (sparse where it is empty)."""
+    runmod.require_tool("sgdisk")
+    runmod.require_tool("mke2fs")
+    app_sectors = app_size // SECTOR
+    total_sectors = APP_START + app_sectors + 34
+    tmp_out = out.with_name(out.name + ".part")
+    tmp_out.unlink(missing_ok=True)
+    with tmp_out.open("wb") as fh:
+        fh.truncate(total_sectors * SECTOR)
+    args = ["sgdisk", "-o", "-a", "8",
+            "-n", f"1:{APP_START}:{APP_START + app_sectors - 1}", "-c", "1:APP", "-t", "1:8300"]
+    start = 40
+    for i, name in enumerate(FIRMWARE, start=2):
+        end = start + FIRMWARE_SECTORS - 1
+        args += ["-n", f"{i}:{start}:{end}", "-c", f"{i}:{name}", "-t", f"{i}:8300"]
+        start = end + 1
+    runmod.run([*args, str(tmp_out)])
+    with tmp_out.open("r+b") as fh:
+        start = 40
+        for _ in FIRMWARE:
+            fh.seek(start * SECTOR)
+            fh.write(os.urandom(64 << 10))  # firmware blobs, partly filled like the real ones
+            start += FIRMWARE_SECTORS
+    work = Path(tempfile.mkdtemp(prefix="jetson-rootfs-"))
+    try:
+        make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload)
+        runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
+                    "-E", f"offset={APP_START * SECTOR}", "-d", str(work), str(tmp_out),
+                    str(app_size // 4096)])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tmp_out.replace(out)
+    return out

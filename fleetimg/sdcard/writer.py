@@ -1,0 +1,133 @@
+"""Block-mapped writing and read-back verification of an SD card image.
+
+Only what the image holds is written: every partition in full except the ext4 APP root, of
+which only allocated blocks are copied (as bmaptool and Etcher do). Free blocks of the root
+filesystem carry no data, so what the card held there before does not matter. The same
+ranges are hashed on the way in and read back from the target to verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetimg.errors import DiskError
+from fleetimg.sdcard.ext4 import Ext4
+from fleetimg.sdcard.gpt import PartitionTable, read_table
+
+CHUNK = 4 << 20
+ALIGN = 4096
+Progress = Callable[[int], None]  # bytes just done
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    source: Path
+    table: PartitionTable
+    ranges: tuple[tuple[int, int], ...]  # byte ranges to copy, sorted, merged, aligned
+    image_bytes: int  # how many bytes of card the image spans
+
+    @property
+    def mapped_bytes(self) -> int:
+        return sum(hi - lo for lo, hi in self.ranges)
+
+
+def merge(ranges: list[tuple[int, int]], limit: int) -> tuple[tuple[int, int], ...]:
+    """Sort, align outward to ALIGN and merge touching ranges, clipped to `limit`."""
+    aligned = sorted(
+        (lo - lo % ALIGN, min(limit, -(-hi // ALIGN) * ALIGN)) for lo, hi in ranges if hi > lo
+    )
+    out: list[tuple[int, int]] = []
+    for lo, hi in aligned:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def plan_write(source: Path) -> WritePlan:
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        table = read_table(fd, str(source))
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    end = table.end
+    if size < end:
+        raise DiskError(f"{source}: image is truncated ({size} bytes, GPT says {end})",
+                        hint="the download or decompression was cut short")
+    app = table.by_name("APP")
+    if app is None:
+        raise DiskError(f"{source}: no APP partition: not a Jetson SD card image")
+    ranges: list[tuple[int, int]] = [(0, app.offset)]
+    for lo, hi in Ext4(source, app.offset).allocated_ranges():
+        ranges.append((app.offset + lo, app.offset + min(hi, app.size)))
+    ranges.append((app.offset + app.size, end))  # anything after APP, and the backup GPT
+    for part in table.partitions:
+        if part is not app:
+            ranges.append((part.offset, part.offset + part.size))
+    return WritePlan(source, table, merge(ranges, end), end)
+
+
+def _iter_chunks(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    out = []
+    for lo, hi in ranges:
+        pos = lo
+        while pos < hi:
+            n = min(CHUNK, hi - pos)
+            out.append((pos, n))
+            pos += n
+    return out
+
+
+def open_file_target(path: Path, size: int) -> int:
+    """An image file target: created sparse at the image's size, written in place."""
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise DiskError(f"{path} exists and is not a regular file")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def write_mapped(plan: WritePlan, target_fd: int, progress: Progress | None = None) -> str:
+    """Copy the mapped ranges; returns the sha256 of everything written, in order."""
+    digest = hashlib.sha256()
+    src = os.open(plan.source, os.O_RDONLY)
+    try:
+        os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        for offset, n in _iter_chunks(plan.ranges):
+            data = os.pread(src, n, offset)
+            if len(data) != n:
+                raise DiskError(f"{plan.source}: short read at {offset}")
+            digest.update(data)
+            view = memoryview(data)
+            written = 0
+            while written < n:
+                written += os.pwrite(target_fd, view[written:], offset + written)
+            if progress:
+                progress(n)
+        os.fsync(target_fd)
+    finally:
+        os.close(src)
+    return digest.hexdigest()
+
+
+def verify_mapped(plan: WritePlan, target_fd: int, expected: str,
+                  progress: Progress | None = None) -> None:
+    """Read the mapped ranges back from the target, bypassing the page cache, and compare."""
+    os.fsync(target_fd)
+    os.posix_fadvise(target_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    digest = hashlib.sha256()
+    for offset, n in _iter_chunks(plan.ranges):
+        data = os.pread(target_fd, n, offset)
+        digest.update(data)
+        if progress:
+            progress(n)
+    if digest.hexdigest() != expected:
+        raise DiskError("verification failed: what was read back differs from the image",
+                        hint="the card may be failing or counterfeit; try another card")
