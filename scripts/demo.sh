@@ -20,5 +20,16 @@ fleetimg nodes
 step "fleetimg nodes probe --to all-nodes"
 fleetimg nodes probe --to all-nodes
 
+step "fleetimg sdcard: a per-node SD card image for node2, from a Jetson-like test image"
+work="${FLEETIMG_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/fleetimg}/demo"
+mkdir -p "$work"
+[ -f "$work/jetson-r32.7.1.img" ] || fleetimg lab sdimage "$work/jetson-r32.7.1.img"
+fleetimg sdcard --node node2 --image "$work/jetson-r32.7.1.img" "$work/node2.img"
+echo "--- read back from $work/node2.img without mounting:"
+for f in /etc/hostname /etc/NetworkManager/system-connections/fleetimg-eth0.nmconnection; do
+    echo "# $f"
+    debugfs -R "cat $f" "$work/node2.img?offset=$((28672 * 512))" 2>/dev/null
+done
+
 step "done: the lab stays up for more commands (fleetimg lab down removes it)"
 echo "export FLEETIMG_INVENTORY=$FLEETIMG_INVENTORY"

@@ -10,6 +10,9 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 DATA = Path(__file__).parent / "data"
 
+# Jetson-like SD card images and inventories, shared by tests/sdcard and tests/integration.
+pytest_plugins = ["tests.sdcard.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

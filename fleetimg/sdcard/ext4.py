@@ -88,7 +88,8 @@ def parse_free_blocks(text: str) -> tuple[int, int, int, list[tuple[int, int]]]:
         return int(m[1])
 
     free: list[tuple[int, int]] = []
-    for line in re.findall(r"^\s+Free blocks:\s*(.*)$", text, re.MULTILINE):
+    # A full group prints an empty list: stay on the line ([ \t], not \s).
+    for line in re.findall(r"^[ \t]+Free blocks:[ \t]*(.*)$", text, re.MULTILINE):
         for part in line.split(","):
             part = part.strip()
             if not part:

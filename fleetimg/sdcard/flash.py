@@ -162,11 +162,11 @@ def write_card(plan: CardPlan, options: SdcardOptions,
     try:
         try:
             digest = write_mapped(wplan, fd, lambda n: report("write", n, wplan.mapped_bytes))
-            if options.verify:
-                verify_mapped(wplan, fd, digest,
-                              lambda n: report("verify", n, wplan.mapped_bytes))
         finally:
             os.close(fd)
+        if options.verify:
+            verify_mapped(wplan, written_path, digest,
+                          lambda n: report("verify", n, wplan.mapped_bytes))
         fs = Ext4(written_path, plan.source.app_offset)
         report("overlay", 0, len(plan.overlay.files))
         apply_overlay(fs, plan.overlay)

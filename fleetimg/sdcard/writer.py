@@ -9,8 +9,11 @@ ranges are hashed on the way in and read back from the target to verify.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,40 +97,79 @@ def open_file_target(path: Path, size: int) -> int:
     return fd
 
 
+def _read_ahead(path: Path, chunks: list[tuple[int, int]],
+                out: queue.Queue[tuple[int, bytes] | BaseException | None]) -> None:
+    """Reader thread: the source is read while the previous chunk is being written."""
+    try:
+        src = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            for offset, n in chunks:
+                data = os.pread(src, n, offset)
+                if len(data) != n:
+                    raise DiskError(f"{path}: short read at {offset}")
+                out.put((offset, data))
+        finally:
+            os.close(src)
+        out.put(None)
+    except BaseException as exc:
+        out.put(exc)
+
+
 def write_mapped(plan: WritePlan, target_fd: int, progress: Progress | None = None) -> str:
     """Copy the mapped ranges; returns the sha256 of everything written, in order."""
     digest = hashlib.sha256()
-    src = os.open(plan.source, os.O_RDONLY)
-    try:
-        os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        for offset, n in _iter_chunks(plan.ranges):
-            data = os.pread(src, n, offset)
-            if len(data) != n:
-                raise DiskError(f"{plan.source}: short read at {offset}")
-            digest.update(data)
-            view = memoryview(data)
-            written = 0
-            while written < n:
-                written += os.pwrite(target_fd, view[written:], offset + written)
-            if progress:
-                progress(n)
-        os.fsync(target_fd)
-    finally:
-        os.close(src)
+    chunks: queue.Queue[tuple[int, bytes] | BaseException | None] = queue.Queue(maxsize=8)
+    reader = threading.Thread(target=_read_ahead, args=(plan.source, _iter_chunks(plan.ranges),
+                                                        chunks), daemon=True)
+    reader.start()
+    while True:
+        item = chunks.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        offset, data = item
+        digest.update(data)
+        view = memoryview(data)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(target_fd, view[written:], offset + written)
+        if progress:
+            progress(len(data))
+    reader.join()
+    os.fsync(target_fd)
     return digest.hexdigest()
 
 
-def verify_mapped(plan: WritePlan, target_fd: int, expected: str,
+def _open_uncached(path: Path) -> int:
+    """Open for reading around the page cache (O_DIRECT) where the filesystem allows it."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return fd
+
+
+def verify_mapped(plan: WritePlan, target: Path, expected: str,
                   progress: Progress | None = None) -> None:
-    """Read the mapped ranges back from the target, bypassing the page cache, and compare."""
-    os.fsync(target_fd)
-    os.posix_fadvise(target_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    """Read the mapped ranges back from the medium (not the page cache) and compare."""
+    fd = _open_uncached(target)
     digest = hashlib.sha256()
-    for offset, n in _iter_chunks(plan.ranges):
-        data = os.pread(target_fd, n, offset)
-        digest.update(data)
-        if progress:
-            progress(n)
+    buf = mmap.mmap(-1, CHUNK)  # page-aligned, as O_DIRECT requires
+    try:
+        for offset, n in _iter_chunks(plan.ranges):
+            view = memoryview(buf)[:n]
+            if os.preadv(fd, [view], offset) != n:
+                raise DiskError(f"{target}: short read at {offset} while verifying")
+            digest.update(view)
+            view.release()
+            if progress:
+                progress(n)
+    finally:
+        buf.close()
+        os.close(fd)
     if digest.hexdigest() != expected:
         raise DiskError("verification failed: what was read back differs from the image",
                         hint="the card may be failing or counterfeit; try another card")
