@@ -43,25 +43,13 @@ def check_docker_engine() -> Check:
 
 
 def check_buildkit() -> Check:
-    if runmod.find_tool("docker") is None:
-        return Check("buildkit", False, "no docker CLI", fix="apt-get install docker.io")
-    buildx = runmod.run(["docker", "buildx", "version"], check=False, timeout=20)
-    if buildx.returncode == 0:
-        return Check("buildkit", True, f"buildx plugin: {buildx.stdout.strip()}")
-    server = runmod.run(
-        ["docker", "version", "--format", "{{.Server.Version}}"], check=False, timeout=20
-    )
-    version = server.stdout.strip()
-    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
-    if server.returncode == 0 and major >= 19:
-        return Check(
-            "buildkit", True,
-            f"engine BuildKit (DOCKER_BUILDKIT=1, Docker {version}); no buildx plugin",
-        )
-    return Check(
-        "buildkit", False, "no buildx plugin and no engine BuildKit (needs Docker >= 19.03)",
-        fix="apt-get install docker.io (or docker-buildx-plugin from Docker's repository)",
-    )
+    from fleetimg.buildkit import find_build_command
+
+    try:
+        command = find_build_command()
+    except FleetimgError as exc:
+        return Check("buildkit", False, exc.message, fix=exc.hint)
+    return Check("buildkit", True, command.description)
 
 
 def check_qemu_binfmt(binfmt_dir: Path = BINFMT_DIR) -> Check:

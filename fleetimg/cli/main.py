@@ -129,11 +129,12 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import lab, nodes, sdcard
+    from fleetimg.cli import lab, nodes, push, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
     cli.add_command(sdcard.sdcard)
+    cli.add_command(push.push)
 
 
 _register()

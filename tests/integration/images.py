@@ -10,6 +10,7 @@ import docker
 from docker.errors import ImageNotFound
 
 from fleetimg import run as runmod
+from fleetimg.buildkit import find_build_command
 from fleetimg.lab.nodeimage import debian_mirror
 
 ARM64_MINI = "fleetimg-test/arm64-mini:1"
@@ -26,13 +27,14 @@ def ensure_arm64_mini_image(client: docker.DockerClient) -> str:
     try:
         runmod.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign",
                     "bookworm", str(work / "root"), debian_mirror()])
-        tar = runmod.spawn(["tar", "-C", str(work / "root"), "-c", "."], stderr=None)
-        importer = runmod.spawn(["docker", "import", "--platform", "linux/arm64", "-",
-                                 ARM64_MINI], stdin=tar.stdout)
-        assert tar.stdout is not None
-        tar.stdout.close()
-        _, err = importer.communicate()
-        assert tar.wait() == 0 and importer.returncode == 0, err
+        runmod.run(["tar", "-C", str(work / "root"), "-cf", str(work / "rootfs.tar"), "."])
+        shutil.rmtree(work / "root")
+        # FROM scratch under BuildKit with --platform: the image is labelled arm64, which
+        # `docker import` never does, and nothing is pulled.
+        (work / "Dockerfile").write_text("FROM scratch\nADD rootfs.tar /\nCMD [\"/bin/sh\"]\n")
+        build = find_build_command()
+        runmod.run([*build.argv, "--platform", "linux/arm64", "-t", ARM64_MINI, str(work)],
+                   env=build.env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ARM64_MINI

@@ -1,0 +1,172 @@
+"""Pre-flight for a push: before any byte is sent, what each node has, needs and accepts."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from fleetimg.errors import PushError
+from fleetimg.inventory import Node, Runtime
+from fleetimg.l4t import host_runs_image
+from fleetimg.parallel import NodeOutcome, for_each_node
+from fleetimg.probe import NodeProbe, probe_node
+from fleetimg.push.archive import chain_ids
+from fleetimg.push.localimage import LocalImage
+from fleetimg.ssh import Ssh
+
+# docker load unpacks the archive into a temporary directory before registering layers,
+# so a node needs room for the archive and the unpacked layers (jetson-containers #218).
+LOAD_SPACE_FACTOR = 2
+SPACE_MARGIN = 200 << 20
+
+
+class Action(str, Enum):
+    SKIP = "skip"  # the node already has this image under this name
+    TAG = "tag"  # the node has the image, only the name is missing
+    SEND = "send"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    compress: tuple[str, ...]  # runs here
+    decompress: str  # runs on the node
+
+    @property
+    def is_zstd(self) -> bool:
+        return self.name == "zstd"
+
+
+CODECS = {
+    # zstd -3 compresses ~245 MB/s on one core, gzip -6 ~27 MB/s: only zstd keeps ahead of
+    # gigabit (~115 MB/s). Docker 20.10 cannot load zstd itself, so the node decompresses.
+    "zstd": Codec("zstd", ("zstd", "-3", "-T0", "-q", "-c"), "zstd -dc"),
+    "pigz": Codec("pigz", ("pigz", "-1", "-c"), "pigz -dc"),
+    "gzip": Codec("gzip", ("pigz", "-1", "-c"), "gzip -dc"),
+    "none": Codec("none", ("cat",), "cat"),
+}
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: Node
+    action: Action
+    reason: str
+    probe: NodeProbe | None = None
+    have_layers: int = 0
+    send_layers: int = 0
+    send_bytes: int = 0  # uncompressed layer bytes to send
+    codec: Codec | None = None
+    docker: str = "docker"
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node.name, "action": self.action.value, "reason": self.reason,
+            "have_layers": self.have_layers, "send_layers": self.send_layers,
+            "send_bytes": self.send_bytes, "codec": self.codec.name if self.codec else None,
+            "runtime": self.node.runtime.value, "warnings": list(self.warnings),
+        }
+
+
+def choose_codec(probe: NodeProbe, wanted: str, local_tools: set[str]) -> Codec:
+    if wanted != "auto":
+        codec = CODECS[wanted]
+        tool = codec.decompress.split()[0]
+        if tool != "cat" and tool not in probe.tools:
+            raise PushError(f"{probe.name}: --compress {wanted} but the node has no {tool}",
+                            hint="use --compress auto")
+        return codec
+    if "zstd" in probe.tools and "zstd" in local_tools:
+        return CODECS["zstd"]
+    if "pigz" in probe.tools and "pigz" in local_tools:
+        return CODECS["pigz"]
+    return CODECS["gzip"] if "pigz" in local_tools else Codec(
+        "gzip", ("gzip", "-1", "-c"), "gzip -dc")
+
+
+REMOTE_IMAGES = (
+    "{d} image inspect --format '{{{{.Id}}}}' {ref} 2>/dev/null | sed 's/^/REF /'; "
+    "{d} image ls -q --no-trunc | sort -u | xargs -r {d} image inspect "
+    "--format '{{{{.Id}}}} {{{{range .RootFS.Layers}}}}{{{{.}}}},{{{{end}}}}'"
+)
+
+
+def parse_remote_images(text: str) -> tuple[str | None, set[str], set[str]]:
+    """(ID under our ref or None, all image IDs, all chain IDs) from REMOTE_IMAGES output."""
+    ref_id = None
+    ids: set[str] = set()
+    chains: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "REF" and len(parts) > 1:
+            ref_id = parts[1]
+            continue
+        ids.add(parts[0])
+        if len(parts) > 1:
+            chains.update(chain_ids([d for d in parts[1].split(",") if d]))
+    return ref_id, ids, chains
+
+
+def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
+              local_tools: set[str]) -> NodePlan:
+    probe = probe_node(ssh, node)
+    if not probe.runs_arm64 and image.architecture == "arm64":
+        return NodePlan(node, Action.REFUSE, f"node is {probe.arch} without arm64 emulation; "
+                        f"image is {image.platform}", probe)
+    if image.architecture == "amd64" and probe.arch != "x86_64":
+        return NodePlan(node, Action.REFUSE, f"image is linux/amd64, node is {probe.arch}", probe)
+    warnings: list[str] = []
+    if image.l4t is not None:
+        host = probe.l4t or node.l4t
+        if probe.l4t is None:
+            warnings.append(f"no /etc/nv_tegra_release; using the inventory's {node.l4t}")
+        ok, why = host_runs_image(host, image.l4t)
+        if not ok:
+            return NodePlan(node, Action.REFUSE, f"L4T: {why}", probe)
+    else:
+        warnings.append("image has no io.fleetimg.l4t label: L4T compatibility not checked")
+    if node.runtime is Runtime.K3S:
+        # containerd imports need every blob: the whole image goes.
+        return NodePlan(node, Action.SEND, "k3s: import into containerd (namespace k8s.io)",
+                        probe, 0, len(image.diff_ids), image.size,
+                        choose_codec(probe, codec, local_tools), "", tuple(warnings))
+    if probe.docker_version is None:
+        return NodePlan(node, Action.REFUSE, probe.docker_error or "no Docker engine", probe)
+    docker = "sudo -n docker" if probe.docker_sudo else "docker"
+    out = ssh.run(node, REMOTE_IMAGES.format(d=docker, ref=shlex.quote(image.ref)),
+                  timeout=120).stdout
+    ref_id, ids, chains = parse_remote_images(out)
+    if ref_id == image.id:
+        return NodePlan(node, Action.SKIP, "already has this image", probe,
+                        len(image.diff_ids), docker=docker, warnings=tuple(warnings))
+    if image.id in ids:
+        return NodePlan(node, Action.TAG, "has the image under another name", probe,
+                        len(image.diff_ids), docker=docker, warnings=tuple(warnings))
+    mine = chain_ids(image.diff_ids)
+    have = 0
+    while have < len(mine) and mine[have] in chains:
+        have += 1
+    send_bytes = sum(image.layer_sizes[have:])
+    need = send_bytes * LOAD_SPACE_FACTOR + SPACE_MARGIN
+    if probe.free_bytes is not None and probe.free_bytes < need:
+        return NodePlan(node, Action.REFUSE,
+                        f"not enough disk under {probe.docker_root}: {probe.free_bytes >> 20} MB "
+                        f"free, loading needs about {need >> 20} MB", probe, have,
+                        len(mine) - have, send_bytes)
+    return NodePlan(node, Action.SEND, f"missing {len(mine) - have} of {len(mine)} layers",
+                    probe, have, len(mine) - have, send_bytes,
+                    choose_codec(probe, codec, local_tools), docker, tuple(warnings))
+
+
+def plan_push(ssh: Ssh, nodes: Sequence[Node], image: LocalImage, *, codec: str = "auto",
+              local_tools: set[str], parallel: int = 8) -> list[NodeOutcome[NodePlan]]:
+    return for_each_node(
+        nodes, lambda n: plan_node(ssh, n, image, codec=codec, local_tools=local_tools),
+        parallel=parallel,
+    )

@@ -1,0 +1,170 @@
+"""Send one image to one node over SSH: docker save -> filter -> compress -> ssh -> load.
+
+Nothing is written to disk on either side. The node loads under a temporary name; only
+after its image ID matches the workstation's is the real name moved onto it, so a failed or
+interrupted transfer never leaves the real tag on a partial or wrong image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from fleetimg import run as runmod
+from fleetimg.errors import FleetimgError, PushError
+from fleetimg.inventory import Runtime
+from fleetimg.push.archive import SaveLayout, filter_save_stream
+from fleetimg.push.localimage import LocalImage
+from fleetimg.push.plan import Action, NodePlan
+from fleetimg.ssh import Ssh
+
+log = logging.getLogger("fleetimg.push")
+CHUNK = 1 << 20
+
+K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images import -; "
+              "else sudo -n ctr -n k8s.io images import -; fi")
+K3S_LIST = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images ls -q; "
+            "else sudo -n ctr -n k8s.io images ls -q; fi")
+
+Progress = Callable[[int], None]  # uncompressed bytes just handled
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    node: str
+    action: str  # skipped, tagged, loaded, imported
+    sent_bytes: int  # on the wire, compressed
+    raw_bytes: int  # archive bytes before compression
+    layers_sent: int
+    seconds: float
+    codec: str | None = None
+
+
+def incoming_tag(image: LocalImage) -> str:
+    return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}"
+
+
+def containerd_has(listing: str, ref: str) -> bool:
+    """containerd names docker-archive images in full: docker.io/library/x:tag."""
+    name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
+    wanted = {ref, f"docker.io/{name}"}
+    return any(line.strip() in wanted for line in listing.splitlines())
+
+
+def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, remote_cmd: str,
+            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> tuple[int, int]:
+    """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
+    with tempfile.TemporaryFile() as remote_out:
+        sent, raw, rc, broken, failure = _pipeline(ssh, plan, image, layout, remote_cmd,
+                                                   remote_out, skip_layers=skip_layers,
+                                                   repo_tag=repo_tag, progress=progress)
+        remote_out.seek(0)
+        output = remote_out.read().decode(errors="replace")
+    if rc != 0 or broken:
+        tail = " / ".join(output.strip().splitlines()[-2:]) or "connection lost"
+        raise PushError(f"{plan.node.name}: transfer failed after {sent >> 20} MB ({tail})",
+                        hint="run again: only what is still missing is sent")
+    if failure is not None:
+        raise PushError(f"{plan.node.name}: reading the local image failed: {failure}")
+    return sent, raw
+
+
+def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, remote_cmd: str,
+              remote_out: IO[bytes], *, skip_layers: int, repo_tag: str,
+              progress: Progress | None) -> tuple[int, int, int, bool, BaseException | None]:
+    assert plan.codec is not None
+    save = runmod.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
+    comp = runmod.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
+    remote = ssh.spawn(plan.node, remote_cmd, stdin=subprocess.PIPE, stdout=remote_out,
+                       stderr=remote_out)
+    src, comp_in, comp_out, remote_in = save.stdout, comp.stdin, comp.stdout, remote.stdin
+    assert src and comp_in and comp_out and remote_in
+    raw = 0
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        nonlocal raw
+        try:
+            raw = filter_save_stream(src, comp_in, layout, skip_layers=skip_layers,
+                                     repo_tag=repo_tag, progress=progress)
+        except (BrokenPipeError, ConnectionError):
+            pass  # the far end went away: reported by the pump
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                comp_in.close()
+
+    feeder = threading.Thread(target=feed, daemon=True, name=f"feed-{plan.node.name}")
+    feeder.start()
+    sent, broken, rc = 0, False, -1
+    try:
+        while chunk := comp_out.read(CHUNK):
+            try:
+                remote_in.write(chunk)
+            except OSError:
+                broken = True
+                break
+            sent += len(chunk)
+        try:
+            remote_in.close()
+        except OSError:
+            broken = True
+        rc = remote.wait()
+    finally:
+        for proc in (save, comp, remote):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        feeder.join(timeout=30)
+    return sent, raw, rc, broken, failure[0] if failure else None
+
+
+def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout,
+              progress: Progress | None = None) -> NodeResult:
+    start = time.monotonic()
+    node = plan.node
+    ref = shlex.quote(image.ref)
+    d = plan.docker
+    if plan.action is Action.REFUSE:
+        raise PushError(f"{node.name}: refused: {plan.reason}")
+    if plan.action is Action.SKIP:
+        return NodeResult(node.name, "skipped", 0, 0, 0, time.monotonic() - start)
+    if plan.action is Action.TAG:
+        ssh.run(node, f"{d} tag {image.id} {ref}", timeout=60)
+        return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
+    assert plan.codec is not None
+    if node.runtime is Runtime.K3S:
+        sent, raw = _stream(ssh, plan, image, layout, f"{plan.codec.decompress} | {K3S_IMPORT}",
+                            skip_layers=0, repo_tag=image.ref, progress=progress)
+        listing = ssh.run(node, K3S_LIST, timeout=60).stdout
+        if not containerd_has(listing, image.ref):
+            raise PushError(f"{node.name}: containerd does not list {image.ref} after import")
+        return NodeResult(node.name, "imported", sent, raw, len(image.diff_ids),
+                          time.monotonic() - start, plan.codec.name)
+    temp = incoming_tag(image)
+    try:
+        sent, raw = _stream(ssh, plan, image, layout, f"{plan.codec.decompress} | {d} load -q",
+                            skip_layers=plan.have_layers, repo_tag=temp, progress=progress)
+        got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {temp}",
+                      timeout=60, check=False).stdout.strip()
+        if got != image.id:
+            raise PushError(f"{node.name}: loaded image ID {got or 'missing'} differs from "
+                            f"{image.id}", hint="run again; if it persists, check the node's "
+                            "disk and Docker log")
+        ssh.run(node, f"{d} tag {temp} {ref} && {d} rmi {temp} >/dev/null", timeout=60)
+    except FleetimgError:
+        # The node may be gone; a leftover temporary name is harmless and never the real tag.
+        with contextlib.suppress(FleetimgError):
+            ssh.run(node, f"{d} rmi {temp} >/dev/null 2>&1 || true", timeout=20, check=False)
+        raise
+    return NodeResult(node.name, "loaded", sent, raw, plan.send_layers,
+                      time.monotonic() - start, plan.codec.name)
