@@ -129,12 +129,13 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import lab, nodes, push, sdcard
+    from fleetimg.cli import lab, nodes, push, registry, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
     cli.add_command(sdcard.sdcard)
     cli.add_command(push.push)
+    cli.add_command(registry.registry)
 
 
 _register()

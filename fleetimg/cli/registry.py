@@ -1,0 +1,108 @@
+"""`fleetimg registry`: a local Distribution registry for large fleets."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from fleetimg.cli.main import AppContext, pass_app
+from fleetimg.cli.nodes import TO_HELP
+from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.inventory import Node
+from fleetimg.push import registry as reg
+from fleetimg.push.engine import PushOptions, preflight
+from fleetimg.push.localimage import docker_client, resolve_image
+from fleetimg.push.plan import Action
+
+
+@click.group()
+def registry() -> None:
+    """Run a registry on the workstation; nodes pull from it (`push --via registry`)."""
+
+
+@registry.command()
+@click.option("--on", "on", default="local", show_default=True,
+              type=click.Choice(["local", "master"]),
+              help="local: this workstation runs Debian's docker-registry.")
+@pass_app
+def up(app: AppContext, on: str) -> None:
+    """Start the registry (idempotent)."""
+    info = reg.registry_up(app.fleet(), on)
+    click.echo(f"registry at {info.url} (nodes reach it there); storage {info.root}")
+    click.echo("next: fleetimg registry configure --to all-nodes")
+
+
+@registry.command()
+def down() -> None:
+    """Stop the registry (its storage is kept)."""
+    click.echo("registry stopped" if reg.registry_down() else "no registry was running")
+
+
+@registry.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Repositories, tags and sizes, from the registry's HTTP API."""
+    info = reg.require_registry()
+    repos = reg.registry_status(info)
+    if as_json:
+        emit_json({"url": info.url, "repositories": [r.__dict__ for r in repos]})
+        return
+    click.echo(f"registry {info.url}")
+    click.echo(table(["REPOSITORY", "TAG", "SIZE"],
+                     [[r.name, t, human_bytes(r.sizes.get(t))] for r in repos for t in r.tags]))
+
+
+@registry.command()
+@click.option("--to", "selection", default="all-nodes", show_default=True, help=TO_HELP)
+@pass_app
+def configure(app: AppContext, selection: str) -> None:
+    """Let nodes pull from the registry over HTTP (daemon.json or k3s registries.yaml)."""
+    info = reg.require_registry()
+    results = reg.configure_nodes(app.ssh(), list(app.fleet().select(selection)), info)
+    click.echo(table(["NODE", "RESULT", "DETAIL"], [
+        [r.node.name, ok_word(r.ok), r.value if r.ok else (r.error.message if r.error else "")]
+        for r in results]))
+    if any(not r.ok for r in results):
+        sys.exit(1)
+
+
+def push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, parallel: int,
+                      dry_run: bool, as_json: bool) -> None:
+    info = reg.require_registry()
+    local = resolve_image(docker_client(), image)
+    ssh = app.ssh()
+    plans = preflight(ssh, nodes, local, PushOptions(parallel=parallel))
+    pullers = [p.node for p in plans if p.value and p.value.action in (Action.SEND, Action.TAG)]
+    if dry_run:
+        click.echo(table(["NODE", "ACTION", "WHY"], [
+            [p.node.name, "pull" if p.node in pullers else
+             (p.value.action.value if p.value else "unreachable"),
+             p.value.reason if p.value else (p.error.message if p.error else "")]
+            for p in plans]))
+        return
+    remote_ref = reg.push_to_registry(local, info) if pullers else ""
+    pulled = {r.node.name: r for r in reg.pull_everywhere(ssh, pullers, local, remote_ref,
+                                                          parallel)}
+    rows, failed = [], 0
+    out = []
+    for p in plans:
+        r = pulled.get(p.node.name)
+        if r is not None:
+            ok, what = r.ok, (r.value if r.ok else r.error.message if r.error else "")
+        elif p.value is not None and p.value.action is Action.SKIP:
+            ok, what = True, "skipped: already has it"
+        else:
+            ok = False
+            what = p.value.reason if p.value else (p.error.message if p.error else "")
+        failed += not ok
+        rows.append([p.node.name, ok_word(ok), what])
+        out.append({"node": p.node.name, "ok": ok, "detail": what})
+    if as_json:
+        emit_json({"image": local.ref, "via": info.url, "nodes": out})
+    else:
+        click.echo(f"{local.ref} pushed to {info.url}; nodes pulled in parallel")
+        click.echo(table(["NODE", "RESULT", "DETAIL"], rows))
+    if failed:
+        sys.exit(1)

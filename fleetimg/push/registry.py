@@ -1,0 +1,269 @@
+"""A local CNCF Distribution registry, for fleets too big for SSH fan-out: push once, let
+the nodes pull in parallel.
+
+`up --on local` runs Debian's docker-registry binary on the workstation, listening on the
+address the nodes reach it by. The workstation's engine pushes through 127.0.0.1 (which
+Docker treats as insecure-allowed); nodes pull the same repository over plain HTTP, so they
+need it in insecure-registries (`configure`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import requests
+
+from fleetimg import run as runmod
+from fleetimg.errors import PushError, UsageError
+from fleetimg.inventory import Fleet, Node, Runtime
+from fleetimg.parallel import NodeOutcome, for_each_node
+from fleetimg.paths import state_dir
+from fleetimg.push.localimage import LocalImage
+from fleetimg.ssh import Ssh
+
+PORT = 5000
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+])
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    host: str  # address the nodes use
+    port: int
+    pid: int | None
+    root: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+
+def _dir() -> Path:
+    return state_dir() / "registry"
+
+
+def address_towards(node: Node) -> str:
+    """The workstation's source address for traffic to a node (`ip route get`)."""
+    out = runmod.run(["ip", "-o", "route", "get", node.address]).stdout
+    m = re.search(r"\bsrc (\S+)", out)
+    if m is None:
+        raise PushError(f"no route to {node.name} ({node.address})")
+    return m[1]
+
+
+def read_info() -> RegistryInfo | None:
+    path = _dir() / "registry.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return RegistryInfo(data["host"], data["port"], data.get("pid"), Path(data["root"]))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/v2/", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def registry_up(fleet: Fleet, on: str = "local") -> RegistryInfo:
+    if on != "local":
+        raise UsageError(
+            f"--on {on}: a registry on a node is not available yet",
+            hint="use --on local (the workstation runs it; nodes pull over the LAN)",
+        )
+    host = address_towards(fleet.nodes[0])
+    current = read_info()
+    if current and _alive(current.pid) and _healthy(f"http://127.0.0.1:{PORT}"):
+        return current
+    binary = runmod.require_tool("docker-registry")
+    root = _dir() / "storage"
+    root.mkdir(parents=True, exist_ok=True)
+    template = resources.files("fleetimg.registry_files").joinpath("config.yml.tmpl").read_text()
+    config = _dir() / "config.yml"
+    config.write_text(Template(template).substitute(rootdirectory=root, addr=f":{PORT}"))
+    log = (_dir() / "registry.log").open("ab")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not _healthy(f"http://127.0.0.1:{PORT}"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise PushError(f"the registry did not start (see {_dir() / 'registry.log'})",
+                            hint=f"is port {PORT} already in use? `ss -ltnp | grep {PORT}`")
+        time.sleep(0.2)
+    info = RegistryInfo(host, PORT, proc.pid, root)
+    (_dir() / "registry.json").write_text(json.dumps(
+        {"host": host, "port": PORT, "pid": proc.pid, "root": str(root)}))
+    return info
+
+
+def registry_down() -> bool:
+    info = read_info()
+    if info is None:
+        return False
+    if _alive(info.pid):
+        assert info.pid is not None
+        os.kill(info.pid, signal.SIGTERM)
+    (_dir() / "registry.json").unlink(missing_ok=True)
+    return True
+
+
+def require_registry() -> RegistryInfo:
+    info = read_info()
+    if info is None or not _healthy(f"http://127.0.0.1:{info.port}"):
+        raise PushError("no fleetimg registry is running", hint="fleetimg registry up")
+    return info
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    name: str
+    tags: list[str]
+    sizes: dict[str, int]
+
+
+def registry_status(info: RegistryInfo) -> list[RepoInfo]:
+    base = f"http://127.0.0.1:{info.port}"
+    try:
+        catalog = requests.get(f"{base}/v2/_catalog", timeout=10).json().get("repositories", [])
+        out = []
+        for repo in catalog:
+            tags = requests.get(f"{base}/v2/{repo}/tags/list", timeout=10).json().get("tags") or []
+            sizes = {}
+            for tag in tags:
+                manifest = requests.get(f"{base}/v2/{repo}/manifests/{tag}", timeout=10,
+                                        headers={"Accept": MANIFEST_TYPES}).json()
+                sizes[tag] = sum(int(layer.get("size", 0)) for layer in
+                                 manifest.get("layers", [])) + int(
+                    manifest.get("config", {}).get("size", 0))
+            out.append(RepoInfo(repo, sorted(tags), sizes))
+        return out
+    except (requests.RequestException, ValueError) as exc:
+        raise PushError(f"registry API at {base} failed: {exc}") from exc
+
+
+def _docker_cmd(ssh: Ssh, node: Node) -> str:
+    ok = ssh.run(node, "docker version >/dev/null 2>&1", check=False).returncode == 0
+    return "docker" if ok else "sudo -n docker"
+
+
+RELOAD_DOCKER = ("if [ \"$(ps -o comm= -p 1)\" = systemd ]; then sudo -n systemctl reload docker; "
+                 "else sudo -n kill -HUP $(pidof dockerd); fi")
+
+
+def merge_insecure(daemon_json: str, endpoint: str) -> str:
+    """Add endpoint to insecure-registries, keeping every other key (nvidia runtime)."""
+    data = json.loads(daemon_json) if daemon_json.strip() else {}
+    if not isinstance(data, dict):
+        raise PushError("/etc/docker/daemon.json is not a JSON object")
+    entries = list(data.get("insecure-registries", []))
+    if endpoint not in entries:
+        entries.append(endpoint)
+    data["insecure-registries"] = entries
+    return json.dumps(data, indent=4) + "\n"
+
+
+def k3s_registries_yaml(endpoint: str) -> str:
+    return (f'mirrors:\n  "{endpoint}":\n    endpoint:\n      - "http://{endpoint}"\n')
+
+
+def configure_node(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+    if node.runtime is Runtime.K3S:
+        body = k3s_registries_yaml(info.endpoint)
+        ssh.run(node, "sudo -n mkdir -p /etc/rancher/k3s && sudo -n tee "
+                "/etc/rancher/k3s/registries.yaml >/dev/null && (sudo -n systemctl restart "
+                "k3s-agent 2>/dev/null || sudo -n systemctl restart k3s 2>/dev/null || true)",
+                input=body, timeout=120)
+        return "registries.yaml written, k3s restarted"
+    current = ssh.run(node, "sudo -n cat /etc/docker/daemon.json 2>/dev/null || true",
+                      timeout=30).stdout
+    try:
+        merged = merge_insecure(current, info.endpoint)
+    except json.JSONDecodeError as exc:
+        raise PushError(f"{node.name}: /etc/docker/daemon.json is not valid JSON: {exc}",
+                        hint="fix it by hand first; fleetimg never overwrites a file it "
+                        "cannot read") from exc
+    if merged.strip() == current.strip():
+        return "already configured"
+    ssh.run(node, "sudo -n mkdir -p /etc/docker && sudo -n tee /etc/docker/daemon.json.fleetimg "
+            ">/dev/null && sudo -n mv /etc/docker/daemon.json.fleetimg /etc/docker/daemon.json "
+            f"&& {RELOAD_DOCKER}", input=merged, timeout=60)
+    # Wait until the engine has re-read its configuration.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = ssh.run(node, "docker info --format '{{json .RegistryConfig.IndexConfigs}}' "
+                      "2>/dev/null || sudo -n docker info --format "
+                      "'{{json .RegistryConfig.IndexConfigs}}'", check=False).stdout
+        if info.endpoint in out:
+            return "insecure-registries updated, Docker reloaded"
+        time.sleep(0.5)
+    raise PushError(f"{node.name}: Docker did not pick up the registry configuration",
+                    hint="restart Docker on the node")
+
+
+def configure_nodes(ssh: Ssh, nodes: list[Node], info: RegistryInfo,
+                    parallel: int = 8) -> list[NodeOutcome[str]]:
+    return for_each_node(nodes, lambda n: configure_node(ssh, n, info), parallel=parallel)
+
+
+def registry_ref(image: LocalImage, host: str) -> str:
+    name = image.ref.split("@")[0]
+    return f"{host}/{name}"
+
+
+def push_to_registry(image: LocalImage, info: RegistryInfo) -> str:
+    local_ref = registry_ref(image, f"127.0.0.1:{info.port}")
+    runmod.run(["docker", "tag", image.id, local_ref])
+    try:
+        runmod.run(["docker", "push", local_ref], timeout=3600)
+    finally:
+        runmod.run(["docker", "rmi", local_ref], check=False)
+    return registry_ref(image, info.endpoint)
+
+
+def pull_on_node(ssh: Ssh, node: Node, image: LocalImage, remote_ref: str) -> str:
+    if node.runtime is Runtime.K3S:
+        raise PushError(f"{node.name}: --via registry for k3s nodes is not available yet",
+                        hint="use --via ssh for k3s nodes")
+    d = _docker_cmd(ssh, node)
+    ref = shlex.quote(image.ref)
+    rref = shlex.quote(remote_ref)
+    ssh.run(node, f"{d} pull -q {rref} >/dev/null", timeout=3600)
+    got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {rref}", timeout=60).stdout
+    if got.strip() != image.id:
+        ssh.run(node, f"{d} rmi {rref}", check=False)
+        raise PushError(f"{node.name}: pulled image ID {got.strip()} differs from {image.id}")
+    ssh.run(node, f"{d} tag {rref} {ref} && {d} rmi {rref} >/dev/null", timeout=60)
+    return "pulled"
+
+
+def pull_everywhere(ssh: Ssh, nodes: list[Node], image: LocalImage, remote_ref: str,
+                    parallel: int) -> list[NodeOutcome[str]]:
+    return for_each_node(nodes, lambda n: pull_on_node(ssh, n, image, remote_ref),
+                         parallel=parallel)
