@@ -226,6 +226,8 @@ def _start_node(
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
             config.volume(index): {"bind": "/var/lib/docker", "mode": "rw"},
+            f"{config.container(index)}-containerd": {"bind": "/var/lib/containerd",
+                                                      "mode": "rw"},
             str(config.dir / f"node{index}"): {"bind": "/fleetimg", "mode": "ro"},
         },
         network=config.network,
@@ -277,7 +279,8 @@ def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -
         if extra.name not in wanted:
             on_step(f"removing {extra.name} (beyond --nodes {config.nodes})")
             extra.remove(force=True, v=True)
-            _remove_volume(client, f"{extra.name}-docker")
+            for suffix in ("docker", "containerd"):
+                _remove_volume(client, f"{extra.name}-{suffix}")
     fleet = load(config.fleet_file)
     on_step("waiting for sshd and Docker on every node")
     _wait_ready(fleet)

@@ -132,6 +132,12 @@ def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
     else:
         warnings.append("image has no io.fleetimg.l4t label: L4T compatibility not checked")
     if node.runtime is Runtime.K3S:
+        from fleetimg.push.transfer import K3S_LIST, containerd_has
+
+        listing = ssh.run(node, K3S_LIST, timeout=60, check=False).stdout
+        if containerd_has(listing, image.ref, image.id):
+            return NodePlan(node, Action.SKIP, "containerd (k8s.io) already has this image",
+                            probe, len(image.diff_ids), docker="", warnings=tuple(warnings))
         # containerd imports need every blob: the whole image goes.
         return NodePlan(node, Action.SEND, "k3s: import into containerd (namespace k8s.io)",
                         probe, 0, len(image.diff_ids), image.size,

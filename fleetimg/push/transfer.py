@@ -29,8 +29,10 @@ from fleetimg.ssh import Ssh
 log = logging.getLogger("fleetimg.push")
 CHUNK = 1 << 20
 
-K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images import -; "
-              "else sudo -n ctr -n k8s.io images import -; fi")
+# ctr keeps only the host's platform unless told otherwise ("image might be filtered out"):
+# a lab node is x86 playing an arm64 board.
+K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images import "
+              "--all-platforms -; else sudo -n ctr -n k8s.io images import --all-platforms -; fi")
 K3S_LIST = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images ls -q; "
             "else sudo -n ctr -n k8s.io images ls -q; fi")
 
@@ -52,11 +54,13 @@ def incoming_tag(image: LocalImage) -> str:
     return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}"
 
 
-def containerd_has(listing: str, ref: str) -> bool:
-    """containerd names docker-archive images in full: docker.io/library/x:tag."""
+def containerd_has(listing: str, ref: str, image_id: str) -> bool:
+    """Does `ctr images ls -q` list our name and our image? containerd names docker-archive
+    images in full (docker.io/library/x:tag) and also lists them by config digest, which is
+    the Docker image ID."""
     name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
-    wanted = {ref, f"docker.io/{name}"}
-    return any(line.strip() in wanted for line in listing.splitlines())
+    names = {line.strip() for line in listing.splitlines()}
+    return bool(names & {ref, f"docker.io/{name}"}) and image_id in names
 
 
 def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, remote_cmd: str,
@@ -146,7 +150,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout,
         sent, raw = _stream(ssh, plan, image, layout, f"{plan.codec.decompress} | {K3S_IMPORT}",
                             skip_layers=0, repo_tag=image.ref, progress=progress)
         listing = ssh.run(node, K3S_LIST, timeout=60).stdout
-        if not containerd_has(listing, image.ref):
+        if not containerd_has(listing, image.ref, image.id):
             raise PushError(f"{node.name}: containerd does not list {image.ref} after import")
         return NodeResult(node.name, "imported", sent, raw, len(image.diff_ids),
                           time.monotonic() - start, plan.codec.name)

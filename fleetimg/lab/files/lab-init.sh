@@ -12,6 +12,10 @@ install -m 644 /fleetimg/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.
 mkdir -p /run/sshd
 # binfmt registrations are kernel-wide; mounting the view lets probes see arm64 emulation.
 mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
-# The node's own engine, as on a board. Its root is a volume, so overlay2 works nested.
-dockerd --storage-driver="${FLEETIMG_STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
+# containerd on its standard socket, as K3s nodes have it (`ctr -n k8s.io` finds it), and
+# the node's own Docker engine on top. /var/lib/docker is a volume, so overlay2 works nested.
+containerd >/var/log/containerd.log 2>&1 &
+for _ in $(seq 1 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
+dockerd --containerd=/run/containerd/containerd.sock \
+    --storage-driver="${FLEETIMG_STORAGE_DRIVER:-overlay2}" >/var/log/dockerd.log 2>&1 &
 exec /usr/sbin/sshd -D -e -o HostKey=/etc/ssh/ssh_host_ed25519_key
