@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,3 +39,24 @@ def ensure_arm64_mini_image(client: docker.DockerClient) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ARM64_MINI
+
+
+def build_app_image(tag: str, *, app: str, l4t: str = "R32.7.1", blob_mb: int = 0) -> str:
+    """A small app layer (and optionally a big random one) on the arm64 base, like a
+    target image after a one-line code change."""
+    work = Path(tempfile.mkdtemp(prefix="app-image-"))
+    try:
+        (work / "app.py").write_text(app)
+        lines = [f"FROM {ARM64_MINI}",
+                 f"LABEL io.fleetimg.l4t={l4t} io.fleetimg.target=test-app"]
+        if blob_mb:
+            (work / "blob.bin").write_bytes(os.urandom(blob_mb << 20))
+            lines.append("COPY blob.bin /opt/blob.bin")
+        lines += ["COPY app.py /app/app.py", 'CMD ["/bin/cat", "/app/app.py"]']
+        (work / "Dockerfile").write_text("\n".join(lines) + "\n")
+        build = find_build_command()
+        runmod.run([*build.argv, "--platform", "linux/arm64", "-t", tag, str(work)],
+                   env=build.env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tag

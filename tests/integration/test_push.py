@@ -1,0 +1,193 @@
+"""fleetimg push against real Docker engines on lab nodes, over real SSH.
+
+The tests run in file order and build on each other's state, as a user's pushes would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from fleetimg.errors import FleetimgError
+from fleetimg.inventory import Fleet, load
+from fleetimg.push.engine import PushOptions, execute, preflight
+from fleetimg.push.localimage import resolve_image
+from fleetimg.push.plan import NodePlan
+from fleetimg.ssh import Ssh, SshOptions
+from tests.integration.conftest import fleetimg, fleetimg_json
+from tests.integration.images import build_app_image
+
+pytestmark = pytest.mark.integration
+
+
+def node_image_id(ssh: Ssh, fleet: Fleet, name: str, ref: str) -> str | None:
+    out = ssh.run(fleet.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}",
+                  check=False)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def ssh(lab_fleet: Fleet) -> Ssh:
+    return Ssh(SshOptions(known_hosts=lab_fleet.known_hosts))
+
+
+@pytest.fixture(scope="module")
+def app_v1(arm64_image: str) -> str:
+    return build_app_image("fleetimg-test/push-app:v1", app="print('v1')\n")
+
+
+def test_push_to_three_nodes_then_repush_is_noop(
+    lab_fleet: Fleet, ssh: Ssh, app_v1: str, docker_client: docker.DockerClient
+) -> None:
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", app_v1, "--to", "all-nodes")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    local_id = docker_client.images.get(app_v1).id
+    assert [n["action"] for n in data["nodes"]] == ["loaded"] * 3
+    assert all(n["sent_bytes"] > 10 << 20 for n in data["nodes"])
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, app_v1) == local_id
+        assert node_image_id(ssh, lab_fleet, node.name, "fleetimg-incoming") is None
+    code, again = fleetimg_json("-i", str(lab_fleet.path), "push", app_v1)
+    assert code == 0
+    assert isinstance(again, dict)
+    assert [n["action"] for n in again["nodes"]] == ["skipped"] * 3
+    assert again["sent_bytes"] == 0
+
+
+def test_app_only_change_sends_only_the_new_layer(
+    lab_fleet: Fleet, ssh: Ssh, app_v1: str, docker_client: docker.DockerClient
+) -> None:
+    v2 = build_app_image("fleetimg-test/push-app:v2", app="print('v2: one line changed')\n")
+    full = resolve_image(docker_client, v2).size
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", v2)
+    assert code == 0, data
+    assert isinstance(data, dict)
+    for n in data["nodes"]:
+        assert n["action"] == "loaded" and n["layers_sent"] == 1
+        assert n["sent_bytes"] < 0.05 * full
+    local_id = docker_client.images.get(v2).id
+    assert node_image_id(ssh, lab_fleet, "node2", v2) == local_id
+    run = ssh.run(lab_fleet.node("node2"), f"docker run --rm {v2}", timeout=120)
+    assert "v2: one line changed" in run.stdout
+
+
+def test_dry_run_shows_bytes_and_sends_nothing(lab_fleet: Fleet, ssh: Ssh) -> None:
+    v3 = build_app_image("fleetimg-test/push-app:v3", app="print('v3')\n")
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", v3, "--dry-run")
+    assert code == 0
+    assert isinstance(data, dict)
+    assert all(n["action"] == "send" and n["send_layers"] == 1 for n in data["nodes"])
+    assert node_image_id(ssh, lab_fleet, "node1", v3) is None
+
+
+def test_l4t_incompatible_node_refused_before_any_transfer(lab_fleet: Fleet, ssh: Ssh) -> None:
+    jp5 = build_app_image("fleetimg-test/push-app:jp5", app="print('jp5')\n", l4t="R35.4.1")
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", jp5)
+    assert code == 1
+    assert isinstance(data, dict)
+    assert data["sent_bytes"] == 0
+    for n in data["nodes"]:
+        assert n["ok"] is False and "never across majors" in n["error"]
+    assert node_image_id(ssh, lab_fleet, "node1", jp5) is None
+    proc = fleetimg("-i", str(lab_fleet.path), "push", jp5, "-q")
+    assert proc.returncode == 1 and "refuse" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_k3s_node_imports_into_containerd(lab_fleet: Fleet, ssh: Ssh, app_v1: str,
+                                          tmp_path: Path) -> None:
+    assert lab_fleet.path is not None
+    for name in ("id_ed25519", "known_hosts"):
+        shutil.copy(lab_fleet.path.parent / name, tmp_path / name)
+    inv = tmp_path / "fleet.toml"
+    inv.write_text(lab_fleet.path.read_text().replace('name = "node3"\n',
+                                                      'name = "node3"\nruntime = "k3s"\n'))
+    code, data = fleetimg_json("-i", str(inv), "push", app_v1, "--to", "node3")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert data["nodes"][0]["action"] == "imported"
+    listing = ssh.run(load(inv).node("node3"), "sudo -n ctr -n k8s.io images ls -q").stdout
+    assert "docker.io/fleetimg-test/push-app:v1" in listing.split()
+    code, again = fleetimg_json("-i", str(inv), "push", app_v1, "--to", "node3")
+    assert isinstance(again, dict) and again["nodes"][0]["action"] == "skipped"
+
+
+def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
+                             docker_client: docker.DockerClient) -> None:
+    inv = str(lab_fleet.path)
+    v4 = build_app_image("fleetimg-test/push-app:v4", app="print('via registry')\n")
+    assert fleetimg("-i", inv, "registry", "up").returncode == 0
+    try:
+        proc = fleetimg("-i", inv, "registry", "configure")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        code, data = fleetimg_json("-i", inv, "push", v4, "--via", "registry")
+        assert code == 0, data
+        assert isinstance(data, dict)
+        assert [n["detail"] for n in data["nodes"]] == ["pulled"] * 3
+        local_id = docker_client.images.get(v4).id
+        for node in lab_fleet.nodes:
+            assert node_image_id(ssh, lab_fleet, node.name, v4) == local_id
+        code, status = fleetimg_json("registry", "status")
+        assert code == 0
+        assert isinstance(status, dict)
+        repos = {r["name"]: r for r in status["repositories"]}
+        assert "v4" in repos["fleetimg-test/push-app"]["tags"]
+        daemon = ssh.run(lab_fleet.node("node1"), "cat /etc/docker/daemon.json").stdout
+        assert f"{lab_fleet.gateway}:5000" in daemon
+    finally:
+        fleetimg("registry", "down")
+
+
+def test_node_dying_mid_transfer_is_reported_and_leaves_no_tag(
+    lab_fleet: Fleet, ssh: Ssh, lab_config: object, docker_client: docker.DockerClient
+) -> None:
+    big = build_app_image("fleetimg-test/push-app:big", app="print('big')\n", blob_mb=48)
+    image = resolve_image(docker_client, big)
+    options = PushOptions(parallel=3)
+    plans = preflight(ssh, lab_fleet.nodes, image, options)
+    victim = docker_client.containers.get("fleetimg-itest-node2")
+    killed = []
+
+    def progress_for(plan: NodePlan):  # type: ignore[no-untyped-def]
+        if plan.node.name != "node2":
+            return None
+
+        def on(n: int) -> None:
+            if not killed:
+                killed.append(True)
+                victim.kill()  # the board loses power mid-transfer
+        return on
+
+    report = execute(ssh, image, plans, options, progress_for)
+    by_name = {r.node.name: r for r in report.results}
+    assert killed
+    assert by_name["node1"].ok and by_name["node3"].ok
+    assert not by_name["node2"].ok
+    assert by_name["node2"].error is not None
+    assert "node2" in by_name["node2"].error.message
+
+    victim.start()
+    node2 = lab_fleet.node("node2")
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            ssh.run(node2, "docker version >/dev/null", timeout=10)
+            break
+        except FleetimgError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert node_image_id(ssh, lab_fleet, "node2", big) is None
+    tags = ssh.run(node2, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout
+    assert big not in tags and "fleetimg-incoming" not in tags
+    # Running again finishes the job, sending only what node2 still lacks.
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", big)
+    assert code == 0, data
+    assert isinstance(data, dict)
+    actions = {n["node"]: n["action"] for n in data["nodes"]}
+    assert actions == {"node1": "skipped", "node2": "loaded", "node3": "skipped"}
+    assert node_image_id(ssh, lab_fleet, "node2", big) == image.id
