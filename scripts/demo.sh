@@ -20,6 +20,14 @@ fleetimg nodes
 step "fleetimg nodes probe --to all-nodes"
 fleetimg nodes probe --to all-nodes
 
+step "fleetimg push: an arm64 app image to every lab node (only missing layers, zstd, verified)"
+fleetimg lab app demo/app:latest --line "print('hello v1')"
+fleetimg push demo/app:latest --to all-nodes --quiet
+
+step "fleetimg push again after a one-line app change: only the new layer travels"
+fleetimg lab app demo/app:latest --line "print('hello v2: one line changed')"
+fleetimg push demo/app:latest --to all-nodes --quiet
+
 step "fleetimg sdcard: a per-node SD card image for node2, from a Jetson-like test image"
 work="${FLEETIMG_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/fleetimg}/demo"
 mkdir -p "$work"

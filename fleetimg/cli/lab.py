@@ -104,3 +104,20 @@ def _size(text: str) -> int:
         return int(t)
     except ValueError:
         raise UsageError(f"not a size: {text!r}", hint="e.g. 256M or 2G") from None
+
+
+@lab.command("app")
+@click.argument("tag")
+@click.option("--line", default="print('hello from the lab')",
+              help="The one line of app code (change it to rehearse an app-only push).")
+@click.option("--l4t", default="R32.7.1", show_default=True,
+              help="L4T release written into the io.fleetimg.l4t label.")
+def app_cmd(tag: str, line: str, l4t: str) -> None:
+    """Build a small arm64 app image on a local Debian base, to rehearse pushes."""
+    import docker
+
+    from fleetimg.lab.baseimage import app_image
+
+    L4TRelease.parse(l4t)
+    app_image(docker.from_env(), tag, app=line + "\n", l4t=l4t)
+    click.echo(f"built {tag} (linux/arm64, io.fleetimg.l4t={l4t})")

@@ -3,8 +3,8 @@
 Docker 20.10's `docker load` looks each layer up by chain ID and opens a layer tar only when
 the layer is missing, so an archive with manifest.json, the config and just the missing
 layer tars loads and yields the same image ID (JETSON-FACTS section 2). manifest.json comes
-last in a save stream, so which file holds which layer is learned once per image by a first
-read and cached; after that every node gets one filtering pass, with no temporary file.
+last in a save stream, so which directory holds which layer is remembered from earlier
+streams (see remember_manifest); every node gets one filtering pass, no temporary file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import tarfile
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,15 +24,6 @@ from fleetimg.paths import state_dir
 
 log = logging.getLogger("fleetimg.push")
 BUFSIZE = 1 << 20
-
-
-@dataclass(frozen=True)
-class SaveLayout:
-    """Where a `docker save` archive keeps each layer: member paths in layer order."""
-
-    image_id: str
-    config: str
-    layers: tuple[str, ...]
 
 
 def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> list[str]:
@@ -46,47 +37,90 @@ def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def _cache_path(image_id: str) -> Path:
-    return state_dir() / "push" / "layouts" / f"{image_id.removeprefix('sha256:')}.json"
+def _cache_path() -> Path:
+    return state_dir() / "push" / "layer-dirs.json"
 
 
-def save_layout(image_id: str) -> SaveLayout:
-    cache = _cache_path(image_id)
-    if cache.exists():
-        data = json.loads(cache.read_text())
-        return SaveLayout(image_id, data["config"], tuple(data["layers"]))
+_cache_lock = threading.Lock()
+
+
+def _load_cache() -> dict[str, str]:
+    path = _cache_path()
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_manifest(diff_ids: tuple[str, ...], manifest: list[dict[str, Any]]) -> None:
+    """Record where a save archive keeps each layer below the top one.
+
+    Docker 20.10 names a layer's directory by a v1 ID that, for every layer but the top,
+    depends only on the layers below it (tarexport/save.go), so these names hold for any
+    image that shares those layers. The top layer's name also depends on the image config
+    and is never cached.
+    """
+    layers = manifest[0].get("Layers") or []
+    if len(layers) != len(diff_ids):
+        return
+    chains = chain_ids(diff_ids)
+    with _cache_lock:
+        cache = _load_cache()
+        cache.update({chains[i]: layers[i] for i in range(len(layers) - 1)})
+        path = _cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(path)
+
+
+def _read_manifest(image_id: str) -> list[dict[str, Any]]:
     proc = runmod.spawn(["docker", "save", image_id], stderr=None)
     assert proc.stdout is not None
-    manifest: list[dict[str, Any]] | None = None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|", bufsize=BUFSIZE) as tar:
             for member in tar:
                 if member.name == "manifest.json":
                     fh = tar.extractfile(member)
                     assert fh is not None
-                    manifest = json.loads(fh.read())
-                    break
+                    return list(json.loads(fh.read()))
     finally:
         proc.kill()
         proc.wait()
-    if not manifest:
-        raise PushError(f"`docker save {image_id}` produced no manifest.json")
-    layout = SaveLayout(image_id, manifest[0]["Config"], tuple(manifest[0]["Layers"]))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"config": layout.config, "layers": list(layout.layers)}))
-    return layout
+    raise PushError(f"`docker save {image_id}` produced no manifest.json")
+
+
+def skipped_members(image_id: str, diff_ids: tuple[str, ...], skip_layers: int) -> set[str]:
+    """Archive paths of the first `skip_layers` layers: the node has them already."""
+    if skip_layers == 0:
+        return set()
+    chains = chain_ids(diff_ids)[:skip_layers]
+    cache = _load_cache()
+    if any(c not in cache for c in chains):
+        # First time we meet these layers: one read of the save stream up to its
+        # manifest (it comes last) teaches us their names.
+        remember_manifest(diff_ids, _read_manifest(image_id))
+        cache = _load_cache()
+    names: set[str] = set()
+    for chain, diff in zip(chains, diff_ids, strict=False):
+        path = cache.get(chain)
+        if path is None:
+            raise PushError(f"cannot find layer {diff[:19]} in the save archive of {image_id}")
+        names.add(path)
+        # Docker 25+ saves an OCI layout that names each layer blob by its digest.
+        names.add(f"blobs/sha256/{diff.removeprefix('sha256:')}")
+    return names
 
 
 def filter_save_stream(
-    src: IO[bytes], dst: IO[bytes], layout: SaveLayout, *, skip_layers: int,
-    repo_tag: str | None, progress: Any = None,
+    src: IO[bytes], dst: IO[bytes], *, skip: set[str], repo_tag: str | None,
+    diff_ids: tuple[str, ...], progress: Any = None,
 ) -> int:
-    """Copy a save stream from src to dst, leaving out the first `skip_layers` layers and
-    setting RepoTags to [repo_tag]. Returns the uncompressed bytes written."""
-    skipped = set(layout.layers[:skip_layers])
-    # Legacy layout keeps each layer in a directory (DIR/layer.tar, DIR/json, DIR/VERSION);
-    # the OCI layout of Docker 25+ names the blob itself.
-    skipped_dirs = {p.rsplit("/", 1)[0] + "/" for p in skipped if p.endswith("/layer.tar")}
+    """Copy a save stream from src to dst, leaving out the members in `skip` and setting
+    RepoTags to [repo_tag]. Returns the uncompressed bytes written."""
+    # Legacy layout keeps each layer in a directory (DIR/layer.tar, DIR/json, DIR/VERSION).
+    skipped_dirs = {p.rsplit("/", 1)[0] + "/" for p in skip if p.endswith("/layer.tar")}
     written = 0
     with tarfile.open(fileobj=src, mode="r|", bufsize=BUFSIZE) as tin, \
             tarfile.open(fileobj=dst, mode="w|", bufsize=BUFSIZE,
@@ -94,8 +128,7 @@ def filter_save_stream(
         tout.copybufsize = BUFSIZE  # type: ignore[attr-defined]
         for member in tin:
             name = member.name.removeprefix("./")
-            if name in skipped or any(name.startswith(d) or name + "/" == d
-                                      for d in skipped_dirs):
+            if name in skip or any((name + "/").startswith(d) for d in skipped_dirs):
                 continue
             if name == "repositories":
                 continue  # tags come from manifest.json
@@ -103,6 +136,7 @@ def filter_save_stream(
                 fh = tin.extractfile(member)
                 assert fh is not None
                 manifest = json.loads(fh.read())
+                remember_manifest(diff_ids, manifest)
                 manifest[0]["RepoTags"] = [repo_tag] if repo_tag else None
                 body = json.dumps(manifest).encode()
                 info = tarfile.TarInfo("manifest.json")

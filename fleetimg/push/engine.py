@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from fleetimg import run as runmod
 from fleetimg.inventory import Node
 from fleetimg.parallel import NodeOutcome, for_each_node
-from fleetimg.push.archive import save_layout
 from fleetimg.push.localimage import LocalImage
-from fleetimg.push.plan import Action, NodePlan, plan_push
+from fleetimg.push.plan import NodePlan, plan_push
 from fleetimg.push.transfer import NodeResult, Progress, push_node
 from fleetimg.ssh import Ssh
 
@@ -51,8 +50,6 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
             options: PushOptions,
             progress_for: Callable[[NodePlan], Progress | None] | None = None) -> PushReport:
     by_node = {p.node.name: p for p in plans}
-    needs_layout = any(p.value and p.value.action is Action.SEND for p in plans)
-    layout = save_layout(image.id) if needs_layout else None
 
     def one(node: Node) -> NodeResult:
         outcome = by_node[node.name]
@@ -61,8 +58,7 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
         plan = outcome.value
         assert plan is not None
         progress = progress_for(plan) if progress_for else None
-        assert layout is not None or plan.action is not Action.SEND
-        return push_node(ssh, plan, image, layout, progress)  # type: ignore[arg-type]
+        return push_node(ssh, plan, image, progress)
 
     results = for_each_node([p.node for p in plans], one, parallel=options.parallel)
     return PushReport(image, plans, results)

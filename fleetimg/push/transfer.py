@@ -21,7 +21,7 @@ from typing import IO
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
-from fleetimg.push.archive import SaveLayout, filter_save_stream
+from fleetimg.push.archive import filter_save_stream, skipped_members
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import Action, NodePlan
 from fleetimg.ssh import Ssh
@@ -63,11 +63,11 @@ def containerd_has(listing: str, ref: str, image_id: str) -> bool:
     return bool(names & {ref, f"docker.io/{name}"}) and image_id in names
 
 
-def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, remote_cmd: str,
+def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             *, skip_layers: int, repo_tag: str, progress: Progress | None) -> tuple[int, int]:
     """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
     with tempfile.TemporaryFile() as remote_out:
-        sent, raw, rc, broken, failure = _pipeline(ssh, plan, image, layout, remote_cmd,
+        sent, raw, rc, broken, failure = _pipeline(ssh, plan, image, remote_cmd,
                                                    remote_out, skip_layers=skip_layers,
                                                    repo_tag=repo_tag, progress=progress)
         remote_out.seek(0)
@@ -81,10 +81,11 @@ def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, rem
     return sent, raw
 
 
-def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, remote_cmd: str,
+def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
               remote_out: IO[bytes], *, skip_layers: int, repo_tag: str,
               progress: Progress | None) -> tuple[int, int, int, bool, BaseException | None]:
     assert plan.codec is not None
+    skip = skipped_members(image.id, image.diff_ids, skip_layers)
     save = runmod.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
     comp = runmod.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
     remote = ssh.spawn(plan.node, remote_cmd, stdin=subprocess.PIPE, stdout=remote_out,
@@ -97,8 +98,8 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, r
     def feed() -> None:
         nonlocal raw
         try:
-            raw = filter_save_stream(src, comp_in, layout, skip_layers=skip_layers,
-                                     repo_tag=repo_tag, progress=progress)
+            raw = filter_save_stream(src, comp_in, skip=skip, repo_tag=repo_tag,
+                                     diff_ids=image.diff_ids, progress=progress)
         except (BrokenPipeError, ConnectionError):
             pass  # the far end went away: reported by the pump
         except Exception as exc:
@@ -132,7 +133,7 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout, r
     return sent, raw, rc, broken, failure[0] if failure else None
 
 
-def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout,
+def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
               progress: Progress | None = None) -> NodeResult:
     start = time.monotonic()
     node = plan.node
@@ -147,7 +148,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout,
         return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
     assert plan.codec is not None
     if node.runtime is Runtime.K3S:
-        sent, raw = _stream(ssh, plan, image, layout, f"{plan.codec.decompress} | {K3S_IMPORT}",
+        sent, raw = _stream(ssh, plan, image, f"{plan.codec.decompress} | {K3S_IMPORT}",
                             skip_layers=0, repo_tag=image.ref, progress=progress)
         listing = ssh.run(node, K3S_LIST, timeout=60).stdout
         if not containerd_has(listing, image.ref, image.id):
@@ -156,7 +157,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage, layout: SaveLayout,
                           time.monotonic() - start, plan.codec.name)
     temp = incoming_tag(image)
     try:
-        sent, raw = _stream(ssh, plan, image, layout, f"{plan.codec.decompress} | {d} load -q",
+        sent, raw = _stream(ssh, plan, image, f"{plan.codec.decompress} | {d} load -q",
                             skip_layers=plan.have_layers, repo_tag=temp, progress=progress)
         got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {temp}",
                       timeout=60, check=False).stdout.strip()
