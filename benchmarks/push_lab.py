@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import docker  # noqa: E402
+import docker
 
-from fleetimg.inventory import Fleet  # noqa: E402
-from fleetimg.lab.manager import LabConfig, lab_down, lab_up  # noqa: E402
-from fleetimg.ssh import Ssh, SshOptions  # noqa: E402
-from tests.integration.images import build_app_image, ensure_arm64_mini_image  # noqa: E402
+from fleetimg.inventory import Fleet
+from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.ssh import Ssh, SshOptions
+from tests.integration.images import build_app_image, ensure_arm64_mini_image
 
 RESULTS = Path(__file__).parent / "results" / "push_lab.json"
 
