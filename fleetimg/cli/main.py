@@ -129,13 +129,15 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import lab, nodes, push, registry, sdcard
+    from fleetimg.cli import build, lab, nodes, push, registry, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
     cli.add_command(sdcard.sdcard)
     cli.add_command(push.push)
     cli.add_command(registry.registry)
+    cli.add_command(build.build)
+    cli.add_command(build.targets)
 
 
 _register()

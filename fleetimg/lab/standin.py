@@ -1,0 +1,101 @@
+"""Offline stand-ins for NVIDIA's NGC base images, built locally for tests and rehearsals.
+
+NGC is unreachable here, so the real Dockerfiles are built on these through `--base`:
+- `fleetimg/l4t-standin:base`: Debian 12 arm64 (debootstrap, both stages, the second under
+  QEMU) with python3 and pip, standing in for l4t-base / l4t-jetpack;
+- `fleetimg/l4t-standin:pytorch`: that plus CPU PyTorch, numpy and Pillow from PyPI,
+  standing in for l4t-pytorch.
+Both are labelled linux/arm64 (built FROM scratch / FROM the first with BuildKit), so
+BuildKit uses them without trying a registry. They carry no CUDA: JetPack 4 mounts CUDA from
+the host at run time anyway, and nothing in a build may need a GPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+
+from fleetimg import run as runmod
+from fleetimg.buildkit import find_build_command
+from fleetimg.lab.nodeimage import debian_mirror
+from fleetimg.paths import state_dir
+
+STANDIN_BASE = "fleetimg/l4t-standin:base"
+STANDIN_PYTORCH = "fleetimg/l4t-standin:pytorch"
+BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "curl")
+# CPU wheels on PyPI for Debian 12's Python 3.11 on aarch64.
+PYTORCH_PIP = ("torch==2.9.1", "numpy<2.3", "pillow")
+
+PYTORCH_DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+# The CA bundle is a build secret: proxies that intercept TLS need it, the image never keeps it.
+RUN --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \\
+    pip3 install --no-cache-dir --break-system-packages %s
+LABEL io.fleetimg.standin=l4t-pytorch
+"""
+
+
+def _exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def ensure_standin_base(client: docker.DockerClient,
+                        on_step: Callable[[str], None] = lambda s: None) -> str:
+    if _exists(client, STANDIN_BASE):
+        return STANDIN_BASE
+    runmod.require_tool("debootstrap")
+    root_dir = state_dir() / "build"
+    root_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="standin-", dir=root_dir))
+    root = work / "root"
+    try:
+        on_step("debootstrap bookworm arm64, first stage")
+        runmod.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign",
+                    f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(root),
+                    debian_mirror()])
+        on_step("second stage under QEMU (a few minutes)")
+        runmod.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
+                   timeout=3600)
+        shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+        (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+        for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        on_step(f"packing the root filesystem as {STANDIN_BASE}")
+        runmod.run(["tar", "--numeric-owner", "-C", str(root), "-cf",
+                    str(work / "rootfs.tar"), "."])
+        shutil.rmtree(root)
+        (work / "Dockerfile").write_text(
+            "FROM scratch\nADD rootfs.tar /\nLABEL io.fleetimg.standin=l4t-base\n"
+            'CMD ["/bin/bash"]\n')
+        build = find_build_command()
+        runmod.run([*build.argv, "--platform", "linux/arm64", "-t", STANDIN_BASE, str(work)],
+                   env=build.env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return STANDIN_BASE
+
+
+def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
+                           on_step: Callable[[str], None] = lambda s: None) -> str:
+    if _exists(client, STANDIN_PYTORCH):
+        return STANDIN_PYTORCH
+    base = ensure_standin_base(client, on_step)
+    on_step(f"pip install {' '.join(PYTORCH_PIP)} under QEMU (several minutes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "Dockerfile").write_text(PYTORCH_DOCKERFILE % " ".join(PYTORCH_PIP))
+        build = find_build_command()
+        secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
+        runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
+                    f"BASE_IMAGE={base}", *secret, "-t", STANDIN_PYTORCH, tmp],
+                   env=build.env, timeout=7200)
+    return STANDIN_PYTORCH
