@@ -121,3 +121,24 @@ def app_cmd(tag: str, line: str, l4t: str) -> None:
     L4TRelease.parse(l4t)
     app_image(docker.from_env(), tag, app=line + "\n", l4t=l4t)
     click.echo(f"built {tag} (linux/arm64, io.fleetimg.l4t={l4t})")
+
+
+@lab.command("base")
+@click.option("--pytorch/--no-pytorch", default=True, show_default=True,
+              help="Also build the l4t-pytorch stand-in (CPU PyTorch from PyPI).")
+@click.option("--ca-bundle", type=click.Path(path_type=Path),
+              help="CA bundle for pip behind a TLS-intercepting proxy (a build secret).")
+def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
+    """Build offline arm64 stand-ins for NGC's l4t-base and l4t-pytorch (debootstrap).
+
+    `fleetimg build TARGET --standin` builds on them; nothing comes from NGC.
+    """
+    import docker
+
+    from fleetimg.lab.standin import ensure_standin_base, ensure_standin_pytorch
+
+    client = docker.from_env()
+    built = [ensure_standin_base(client, _step)]
+    if pytorch:
+        built.append(ensure_standin_pytorch(client, ca_bundle, _step))
+    click.echo("stand-in bases: " + ", ".join(built))

@@ -12,6 +12,7 @@ the host at run time anyway, and nothing in a build may need a GPU.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -92,7 +93,8 @@ def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
     base = ensure_standin_base(client, on_step)
     on_step(f"pip install {' '.join(PYTORCH_PIP)} under QEMU (several minutes)")
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "Dockerfile").write_text(PYTORCH_DOCKERFILE % " ".join(PYTORCH_PIP))
+        specs = " ".join(shlex.quote(s) for s in PYTORCH_PIP)
+        (Path(tmp) / "Dockerfile").write_text(PYTORCH_DOCKERFILE % specs)
         build = find_build_command()
         secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
         runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
