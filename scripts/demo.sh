@@ -20,17 +20,31 @@ fleetimg nodes
 step "fleetimg nodes probe --to all-nodes"
 fleetimg nodes probe --to all-nodes
 
-step "fleetimg push: an arm64 app image to every lab node (only missing layers, zstd, verified)"
-fleetimg lab app demo/app:latest --line "print('hello v1')"
-fleetimg push demo/app:latest --to all-nodes --quiet
+step "fleetimg targets: NGC base per target and L4T"
+fleetimg targets | tail -20
 
-step "fleetimg push again after a one-line app change: only the new layer travels"
-fleetimg lab app demo/app:latest --line "print('hello v2: one line changed')"
-fleetimg push demo/app:latest --to all-nodes --quiet
+step "fleetimg build pytorch for the lab's L4T, on the offline stand-in base (first time: minutes)"
+# NGC is unreachable here: `lab base` builds arm64 stand-ins with debootstrap and PyPI.
+# The CA bundle is handed to pip as a build secret (TLS-intercepting proxies need it).
+fleetimg lab base --ca-bundle /etc/ssl/certs/ca-certificates.crt
+work="${FLEETIMG_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/fleetimg}/demo"
+rm -rf "$work/dockerfiles" && mkdir -p "$work" && cp -r dockerfiles "$work/dockerfiles"
+export FLEETIMG_DOCKERFILES="$work/dockerfiles"   # a copy, so the demo can edit the app
+fleetimg build pytorch --to all-nodes --standin --tag demo/pytorch:latest 2>/dev/null | tail -1
+docker images --filter label=io.fleetimg.target=pytorch \
+    --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}'
+docker image inspect demo/pytorch:latest --format '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}' | grep -E 'io.fleetimg|opencontainers.image.(created|revision)'
+
+step "fleetimg push: the built image to every lab node (only missing layers, zstd, verified)"
+fleetimg push demo/pytorch:latest --to all-nodes --quiet
+
+step "one-line app change, rebuild (cached), push again: only the new layer travels"
+echo "# demo: one-line change" >> "$FLEETIMG_DOCKERFILES/pytorch/app/classify.py"
+fleetimg build pytorch --to all-nodes --standin --tag demo/pytorch:latest --no-smoke 2>/dev/null | tail -1
+fleetimg push demo/pytorch:latest --to all-nodes --quiet
+unset FLEETIMG_DOCKERFILES
 
 step "fleetimg sdcard: a per-node SD card image for node2, from a Jetson-like test image"
-work="${FLEETIMG_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/fleetimg}/demo"
-mkdir -p "$work"
 [ -f "$work/jetson-r32.7.1.img" ] || fleetimg lab sdimage "$work/jetson-r32.7.1.img"
 fleetimg sdcard --node node2 --image "$work/jetson-r32.7.1.img" "$work/node2.img"
 echo "--- read back from $work/node2.img without mounting:"

@@ -50,13 +50,15 @@ def docker_client() -> docker.DockerClient:
 def _layer_sizes(client: docker.DockerClient, ref: str, count: int) -> tuple[int, ...]:
     """Uncompressed size of each layer, oldest first, from the image history.
 
-    History also lists metadata-only steps; they have size 0. When the non-empty entries do
-    not line up with the layers (a step that made an empty layer), sizes are unknown (0):
-    they only feed estimates, the transfer counts real bytes.
+    History also lists metadata-only steps (size 0), and the API does not say which
+    zero-size entries made a layer (a WORKDIR that changes nothing does). Entries with a
+    size are layers, in order; any zero-size layers are assumed to come last. The total is
+    exact, the split an estimate: the transfer counts real bytes.
     """
-    sizes = [int(h.get("Size", 0)) for h in reversed(client.api.history(ref))]  # type: ignore[no-untyped-call]
-    non_empty = [s for s in sizes if s > 0]
-    return tuple(non_empty) if len(non_empty) == count else (0,) * count
+    history = client.api.history(ref)  # type: ignore[no-untyped-call]
+    sizes = [int(h.get("Size", 0)) for h in reversed(history) if int(h.get("Size", 0)) > 0]
+    sizes = sizes[:count]
+    return (*sizes, *([0] * (count - len(sizes))))
 
 
 def resolve_image(client: docker.DockerClient, ref: str) -> LocalImage:
