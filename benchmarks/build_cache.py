@@ -71,7 +71,7 @@ def main() -> int:
             app.write_text(app.read_text() + "\n# one-line change for the cache benchmark\n")
             warm = build(target, env, extra[target])
             warm_layers = client.images.get(f"bench/{target}:cache").attrs["RootFS"]["Layers"]
-            reused = sum(a == b for a, b in zip(cold_layers, warm_layers))
+            reused = sum(a == b for a, b in zip(cold_layers, warm_layers, strict=False))
             report[target] = {"cold_seconds": round(cold, 2), "warm_seconds": round(warm, 2),
                               "warm_over_cold": round(warm / cold, 3),
                               "layers": len(warm_layers), "layers_reused": reused}
