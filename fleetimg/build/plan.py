@@ -1,0 +1,142 @@
+"""`fleetimg build` planning: which L4T, which base, which tags, args and labels."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetimg import run as runmod
+from fleetimg.build.releases import ReleaseImages, images_for
+from fleetimg.build.targets import Target
+from fleetimg.errors import UsageError
+from fleetimg.inventory import Node
+from fleetimg.l4t import L4TRelease
+
+PLATFORM = "linux/arm64"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    target: Target
+    images: ReleaseImages
+    base: str
+    tags: tuple[str, ...]
+    build_args: dict[str, str]
+    labels: dict[str, str]
+    nodes: tuple[str, ...] = ()
+    platform: str = PLATFORM
+    base_overridden: bool = False
+    boards: tuple[L4TRelease, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target.name, "l4t": str(self.images.l4t),
+            "jetpack": self.images.jetpack, "base": self.base, "tags": list(self.tags),
+            "platform": self.platform, "build_args": self.build_args, "labels": self.labels,
+            "nodes": list(self.nodes), "boards": [str(b) for b in self.boards],
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseGroup:
+    images: ReleaseImages
+    nodes: tuple[Node, ...] = field(default=())
+    boards: tuple[L4TRelease, ...] = field(default=())
+
+
+def group_releases(releases: Sequence[tuple[Node | None, L4TRelease]]) -> list[ReleaseGroup]:
+    """Nodes that can share one image build, keyed by the image release they need."""
+    groups: dict[L4TRelease, list[tuple[Node | None, L4TRelease]]] = {}
+    for node, rel in releases:
+        groups.setdefault(images_for(rel).l4t, []).append((node, rel))
+    return [
+        ReleaseGroup(images_for(key), tuple(n for n, _ in members if n is not None),
+                     tuple(sorted({r for _, r in members})))
+        for key, members in sorted(groups.items())
+    ]
+
+
+def _git(*args: str) -> str | None:
+    out = runmod.run(["git", *args], check=False, timeout=10)
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _source_labels(directory: Path, target: Target) -> dict[str, str]:
+    revision = _git("-C", str(directory), "rev-parse", "HEAD") or "unknown"
+    source = _git("-C", str(directory), "config", "--get", "remote.origin.url")
+    return {
+        "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.source": source or f"fleetimg dockerfiles/{target.name}",
+        "org.opencontainers.image.title": target.name,
+        "org.opencontainers.image.description": target.description,
+    }
+
+
+def plan_build(
+    target: Target, group: ReleaseGroup, *, directory: Path, tags: Sequence[str] = (),
+    base: str | None = None, standin: bool = False,
+) -> BuildPlan:
+    images = group.images
+    if target.needs_triton and not images.triton:
+        raise UsageError(
+            f"NVIDIA published no Triton release for JetPack {images.jetpack} (L4T "
+            f"{images.l4t})", hint="Triton for Jetson starts at JetPack 4.6 (R32.6.1)")
+    resolved = base or (target.standin_base if standin else None) or (
+        images.pytorch if target.base_column == "pytorch" else images.base)
+    if standin and resolved is None:
+        raise UsageError(f"{target.name} has no stand-in base")
+    capability = min((n.module.compute_capability for n in group.nodes), default="5.3",
+                     key=lambda c: tuple(int(x) for x in c.split(".")))
+    computed = {
+        "TRITON_VERSION": images.triton or "",
+        "TRITON_TARBALL": images.triton_tarball or "",
+        "MIN_COMPUTE_CAPABILITY": capability,
+        "L4T": str(images.l4t),
+        "JETPACK": images.jetpack,
+    }
+    args = {"BASE_IMAGE": resolved, **target.build_args,
+            **target.family_args.get(images.family, {}),
+            **{k: computed[k] for k in target.args}}
+    if standin:
+        args.update(target.standin_args)
+    labels = {
+        **_source_labels(directory, target),
+        "io.fleetimg.target": target.name,
+        "io.fleetimg.l4t": str(images.l4t),
+        "io.fleetimg.jetpack": images.jetpack,
+        "io.fleetimg.base": resolved,
+    }
+    all_tags = (f"fleetimg/{target.name}:{images.l4t.tag}", *tags)
+    return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args, labels,
+                     tuple(n.name for n in group.nodes), base_overridden=base is not None,
+                     boards=group.boards)
+
+
+def board_releases(
+    nodes: Sequence[Node], l4t: str | None,
+    probed: dict[str, L4TRelease] | None = None,
+) -> list[tuple[Node | None, L4TRelease]]:
+    """The L4T each selected board runs: --l4t, else probed, else the inventory's."""
+    if l4t is not None:
+        rel = L4TRelease.parse(l4t)
+        return [(n, rel) for n in nodes] or [(None, rel)]
+    if not nodes:
+        raise UsageError("no L4T release to build for",
+                         hint="pass --l4t R32.7.1, or --to nodes from an inventory")
+    probed = probed or {}
+    return [(n, probed.get(n.name, n.l4t)) for n in nodes]
+
+
+def single_group(groups: list[ReleaseGroup]) -> ReleaseGroup:
+    if len(groups) == 1:
+        return groups[0]
+    listing = "; ".join(
+        f"{','.join(n.name for n in g.nodes) or '-'} on "
+        f"{'/'.join(str(b) for b in g.boards)} need {g.images.l4t.tag} images"
+        for g in groups)
+    raise UsageError(f"the selected nodes need different base images: {listing}",
+                     hint="build one image per family with --all-releases, or narrow --to")

@@ -1,0 +1,57 @@
+"""Which NGC base image a target uses for an L4T release: dockerfiles/releases.toml."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from importlib import resources
+
+from fleetimg.errors import UsageError
+from fleetimg.l4t import L4TRelease
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+
+NEWEST_R32 = L4TRelease(32, 7, 1)
+NEWEST_R35 = L4TRelease(35, 4, 1)
+
+
+@dataclass(frozen=True)
+class ReleaseImages:
+    l4t: L4TRelease  # the release whose images are used
+    jetpack: str
+    base: str
+    pytorch: str
+    triton: str | None
+    triton_tarball: str | None
+
+    @property
+    def family(self) -> str:
+        return f"r{self.l4t.major}"
+
+
+def load_table() -> dict[L4TRelease, ReleaseImages]:
+    text = resources.files("fleetimg.dockerfiles").joinpath("releases.toml").read_text()
+    table = {}
+    for row in tomllib.loads(text)["release"]:
+        rel = L4TRelease.parse(row["l4t"])
+        table[rel] = ReleaseImages(rel, row["jetpack"], row["base"], row["pytorch"],
+                                   row.get("triton"), row.get("triton_tarball"))
+    return table
+
+
+def images_for(l4t: L4TRelease) -> ReleaseImages:
+    """The image set for a board's L4T, following NVIDIA's "last published" rules."""
+    table = load_table()
+    if l4t in table:
+        return table[l4t]
+    if l4t.major == 32 and l4t.minor == 7:
+        return table[NEWEST_R32]  # R32.7.2+ has no images; any R32.7 image runs on R32.7.x
+    if l4t.major == 35 and l4t.minor >= 3:
+        return table[NEWEST_R35]  # R35.5+ has no images; any R35 image runs on any R35
+    raise UsageError(
+        f"no NGC base images for L4T {l4t}",
+        hint=f"supported: {', '.join(str(r) for r in sorted(table))}, R32.7.x and R35.3+",
+    )

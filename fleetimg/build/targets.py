@@ -1,0 +1,92 @@
+"""Build targets: dockerfiles/<target>/ with a Dockerfile (ARG BASE_IMAGE), target.toml
+and the app files it copies."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from fleetimg.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+
+BASE_COLUMNS = ("base", "pytorch")
+COMPUTED_ARGS = ("TRITON_VERSION", "TRITON_TARBALL", "MIN_COMPUTE_CAPABILITY", "L4T", "JETPACK")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    base_column: str  # which column of releases.toml names its base image
+    needs_triton: bool
+    args: tuple[str, ...]  # computed build args it takes
+    smoke: tuple[str, ...]  # CPU-safe command run in the built image
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    family_args: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    standin_base: str | None = None
+    standin_args: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Traversable:
+        return targets_root().joinpath(self.name)
+
+
+def targets_root() -> Traversable:
+    """fleetimg's dockerfiles/, or the directory in FLEETIMG_DOCKERFILES (your own targets,
+    same layout)."""
+    override = os.environ.get("FLEETIMG_DOCKERFILES")
+    if override:
+        return Path(override)
+    return resources.files("fleetimg.dockerfiles")
+
+
+def _strs(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise UsageError(f"{where}: expected a table of strings")
+    return dict(value)
+
+
+def load_target(name: str) -> Target:
+    meta = targets_root().joinpath(name).joinpath("target.toml")
+    if not meta.is_file():
+        raise UsageError(f"unknown build target {name!r}",
+                         hint=f"targets: {', '.join(target_names())}")
+    data = tomllib.loads(meta.read_text())
+    build_args = {k: v for k, v in data.get("build_args", {}).items() if isinstance(v, str)}
+    family = {k: _strs(v, f"{name}/target.toml build_args.{k}")
+              for k, v in data.get("build_args", {}).items() if isinstance(v, dict)}
+    standin = data.get("standin", {})
+    column = data.get("base", "base")
+    if column not in BASE_COLUMNS:
+        raise UsageError(f"{name}/target.toml: base must be one of {', '.join(BASE_COLUMNS)}")
+    args = tuple(data.get("args", []))
+    unknown = set(args) - set(COMPUTED_ARGS)
+    if unknown:
+        raise UsageError(f"{name}/target.toml: unknown computed args {sorted(unknown)}")
+    return Target(
+        name=name,
+        description=data.get("description", ""),
+        base_column=column,
+        needs_triton=bool(data.get("needs_triton", False)),
+        args=args,
+        smoke=tuple(data.get("smoke", [])),
+        build_args=build_args,
+        family_args=family,
+        standin_base=standin.get("base"),
+        standin_args=_strs(standin.get("build_args", {}), f"{name}/target.toml standin"),
+    )
+
+
+def target_names() -> list[str]:
+    return sorted(p.name for p in targets_root().iterdir()
+                  if p.is_dir() and p.joinpath("target.toml").is_file())

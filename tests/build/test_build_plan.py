@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetimg import inventory
+from fleetimg.build.builder import BuildOptions, build_argv, parse_failure
+from fleetimg.build.plan import board_releases, group_releases, plan_build, single_group
+from fleetimg.build.releases import images_for
+from fleetimg.build.targets import load_target, target_names
+from fleetimg.errors import UsageError
+from fleetimg.l4t import L4TRelease
+from tests.conftest import DATA
+
+
+def plan_for(target: str, l4t: str, tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
+    t = load_target(target)
+    group = single_group(group_releases(board_releases((), l4t)))
+    return plan_build(t, group, directory=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("l4t", "pytorch_base", "triton_base", "triton"),
+    [
+        ("R32.6.1", "nvcr.io/nvidia/l4t-pytorch:r32.6.1-pth1.9-py3",
+         "nvcr.io/nvidia/l4t-base:r32.6.1", "2.17.0"),
+        ("R32.7.1", "nvcr.io/nvidia/l4t-pytorch:r32.7.1-pth1.10-py3",
+         "nvcr.io/nvidia/l4t-base:r32.7.1", "2.19.0"),
+        ("R32.7.4", "nvcr.io/nvidia/l4t-pytorch:r32.7.1-pth1.10-py3",
+         "nvcr.io/nvidia/l4t-base:r32.7.1", "2.19.0"),
+        ("R35.2.1", "nvcr.io/nvidia/l4t-pytorch:r35.2.1-pth2.0-py3",
+         "nvcr.io/nvidia/l4t-jetpack:r35.2.1", "2.34.0"),
+        ("R35.6.0", "nvcr.io/nvidia/l4t-pytorch:r35.2.1-pth2.0-py3",
+         "nvcr.io/nvidia/l4t-jetpack:r35.4.1", "2.35.0"),
+    ],
+)
+def test_dry_run_bases(tmp_path: Path, l4t: str, pytorch_base: str, triton_base: str,
+                       triton: str) -> None:
+    assert plan_for("pytorch", l4t, tmp_path).base == pytorch_base
+    assert plan_for("horovod", l4t, tmp_path).base == pytorch_base
+    tp = plan_for("triton", l4t, tmp_path)
+    assert tp.base == triton_base and tp.build_args["BASE_IMAGE"] == triton_base
+    assert tp.build_args["TRITON_VERSION"] == triton
+    assert tp.build_args["TRITON_TARBALL"].startswith(f"tritonserver{triton}-jetpack")
+    assert tp.build_args["MIN_COMPUTE_CAPABILITY"] == "5.3"
+    assert tp.platform == "linux/arm64"
+
+
+def test_labels_say_what_it_was_built_for(tmp_path: Path) -> None:
+    plan = plan_for("pytorch", "R32.7.4", tmp_path, tags=("lab/pytorch:dev",))
+    assert plan.labels["io.fleetimg.target"] == "pytorch"
+    assert plan.labels["io.fleetimg.l4t"] == "R32.7.1"  # the image's userspace release
+    assert plan.labels["io.fleetimg.jetpack"] == "4.6.1"
+    assert plan.labels["io.fleetimg.base"] == plan.base
+    for key in ("created", "revision", "source"):
+        assert plan.labels[f"org.opencontainers.image.{key}"]
+    assert plan.tags == ("fleetimg/pytorch:r32.7.1", "lab/pytorch:dev")
+    assert plan.boards == (L4TRelease(32, 7, 4),)
+
+
+def test_family_specific_build_args(tmp_path: Path) -> None:
+    r32 = plan_for("triton", "R32.7.1", tmp_path).build_args["TRITON_APT_PACKAGES"]
+    r35 = plan_for("triton", "R35.4.1", tmp_path).build_args["TRITON_APT_PACKAGES"]
+    standin = plan_for("triton", "R32.7.1", tmp_path, standin=True)
+    assert "libre2-4" in r32 and "libre2-5" in r35
+    assert "libre2-9" in standin.build_args["TRITON_APT_PACKAGES"]
+    assert standin.base == "fleetimg/l4t-standin:base"
+
+
+def test_no_triton_for_jetpack_4_5(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no Triton release for JetPack 4.5"):
+        plan_for("triton", "R32.5.0", tmp_path)
+
+
+def test_unsupported_release() -> None:
+    with pytest.raises(UsageError, match="no NGC base images for L4T R32.4.4") as info:
+        images_for(L4TRelease(32, 4, 4))
+    assert info.value.hint is not None and "R32.7.1" in info.value.hint
+    assert images_for(L4TRelease(32, 7, 6)).l4t == L4TRelease(32, 7, 1)
+    assert images_for(L4TRelease(35, 3, 1)).l4t == L4TRelease(35, 4, 1)
+
+
+def test_nodes_needing_different_bases_are_listed(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    text = inventory.starter_toml(nodes=3, subnet="192.168.10.0/24", module="nano-4gb")
+    text = text.replace('name = "node3"\n', 'name = "node3"\nl4t = "R35.4.1"\n')
+    path.write_text(text)
+    fleet = inventory.load(path)
+    groups = group_releases(board_releases(fleet.nodes, None))
+    assert [len(g.nodes) for g in groups] == [2, 1]
+    with pytest.raises(UsageError) as info:
+        single_group(groups)
+    assert "node1,node2 on R32.7.1 need r32.7.1" in info.value.message
+    assert "node3 on R35.4.1 need r35.4.1" in info.value.message
+    assert info.value.hint is not None and "--all-releases" in info.value.hint
+
+
+def test_nano_sets_triton_min_compute_capability(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    text = inventory.starter_toml(nodes=2, subnet="192.168.10.0/24", module="xavier-nx")
+    path.write_text(text.replace('module = "xavier-nx"', 'module = "nano-2gb"', 1))
+    fleet = inventory.load(path)
+    group = single_group(group_releases(board_releases(fleet.nodes, None)))
+    plan = plan_build(load_target("triton"), group, directory=tmp_path)
+    assert plan.build_args["MIN_COMPUTE_CAPABILITY"] == "5.3"
+    xavier_only = single_group(group_releases(board_releases(fleet.nodes[1:], None)))
+    assert plan_build(load_target("triton"), xavier_only,
+                      directory=tmp_path).build_args["MIN_COMPUTE_CAPABILITY"] == "7.2"
+
+
+def test_every_target_is_complete() -> None:
+    assert target_names() == ["horovod", "pytorch", "triton"]
+    for name in target_names():
+        t = load_target(name)
+        dockerfile = (t.directory / "Dockerfile").read_text()
+        assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+        assert t.smoke and t.standin_base and t.description
+
+
+def test_build_argv_uses_secret_never_a_build_arg(tmp_path: Path) -> None:
+    plan = plan_for("pytorch", "R32.7.1", tmp_path)
+    ca = tmp_path / "ca.crt"
+    argv = build_argv(plan, BuildOptions(ca_bundle=ca), tmp_path, ("docker", "build"))
+    assert ["--secret", f"id=cacert,src={ca}"] == argv[argv.index("--secret"):][:2]
+    assert not any(str(ca) in a for a in argv if a.startswith("BASE_IMAGE") or "=" in a
+                   and a.split("=")[0].isupper())
+    assert argv[argv.index("--platform") + 1] == "linux/arm64"
+
+
+def test_failure_names_the_step() -> None:
+    lines = (DATA / "buildkit-failure.txt").read_text().splitlines()
+    assert parse_failure(lines) == (
+        "build failed at step [3/4] RUN pip3 install --no-cache-dir horovod==0.28.1 "
+        "(exit code 1)")
+    assert parse_failure(["boom"]) == "build failed: boom"
