@@ -69,12 +69,12 @@ def test_family_specific_build_args(tmp_path: Path) -> None:
 
 
 def test_no_triton_for_jetpack_4_5(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no Triton release for JetPack 4.5"):
+    with pytest.raises(UsageError, match=r"no Triton release for JetPack 4\.5"):
         plan_for("triton", "R32.5.0", tmp_path)
 
 
 def test_unsupported_release() -> None:
-    with pytest.raises(UsageError, match="no NGC base images for L4T R32.4.4") as info:
+    with pytest.raises(UsageError, match=r"no NGC base images for L4T R32\.4\.4") as info:
         images_for(L4TRelease(32, 4, 4))
     assert info.value.hint is not None and "R32.7.1" in info.value.hint
     assert images_for(L4TRelease(32, 7, 6)).l4t == L4TRelease(32, 7, 1)
@@ -123,8 +123,8 @@ def test_build_argv_uses_secret_never_a_build_arg(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     argv = build_argv(plan, BuildOptions(ca_bundle=ca), tmp_path, ("docker", "build"))
     assert ["--secret", f"id=cacert,src={ca}"] == argv[argv.index("--secret"):][:2]
-    assert not any(str(ca) in a for a in argv if a.startswith("BASE_IMAGE") or "=" in a
-                   and a.split("=")[0].isupper())
+    assert not any(str(ca) in a for a in argv if a.startswith("BASE_IMAGE") or ("=" in a
+                   and a.split("=")[0].isupper()))
     assert argv[argv.index("--platform") + 1] == "linux/arm64"
 
 
