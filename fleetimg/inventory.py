@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import InventoryError, UsageError
 from fleetimg.l4t import L4TRelease
 from fleetimg.paths import default_known_hosts
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 
 class Role(str, Enum):

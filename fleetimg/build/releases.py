@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from importlib import resources
 
+from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import UsageError
 from fleetimg.l4t import L4TRelease
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 NEWEST_R32 = L4TRelease(32, 7, 1)
 NEWEST_R35 = L4TRelease(35, 4, 1)

@@ -4,7 +4,6 @@ and the app files it copies."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -12,12 +11,8 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 BASE_COLUMNS = ("base", "pytorch")
 COMPUTED_ARGS = ("TRITON_VERSION", "TRITON_TARBALL", "MIN_COMPUTE_CAPABILITY", "L4T", "JETPACK")
