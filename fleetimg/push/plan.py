@@ -88,6 +88,22 @@ def choose_codec(probe: NodeProbe, wanted: str, local_tools: set[str]) -> Codec:
         "gzip", ("gzip", "-1", "-c"), "gzip -dc")
 
 
+# ctr keeps only the host's platform unless told otherwise ("image might be filtered out"):
+# a lab node is x86 playing an arm64 board.
+K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images import "
+              "--all-platforms -; else sudo -n ctr -n k8s.io images import --all-platforms -; fi")
+K3S_LIST = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images ls -q; "
+            "else sudo -n ctr -n k8s.io images ls -q; fi")
+
+def containerd_has(listing: str, ref: str, image_id: str) -> bool:
+    """Does `ctr images ls -q` list our name and our image? containerd names docker-archive
+    images in full (docker.io/library/x:tag) and also lists them by config digest, which is
+    the Docker image ID."""
+    name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
+    names = {line.strip() for line in listing.splitlines()}
+    return bool(names & {ref, f"docker.io/{name}"}) and image_id in names
+
+
 REMOTE_IMAGES = (
     "{d} image inspect --format '{{{{.Id}}}}' {ref} 2>/dev/null | sed 's/^/REF /'; "
     "{d} image ls -q --no-trunc | sort -u | xargs -r {d} image inspect "
@@ -132,8 +148,6 @@ def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
     else:
         warnings.append("image has no io.fleetimg.l4t label: L4T compatibility not checked")
     if node.runtime is Runtime.K3S:
-        from fleetimg.push.transfer import K3S_LIST, containerd_has
-
         listing = ssh.run(node, K3S_LIST, timeout=60, check=False).stdout
         if containerd_has(listing, image.ref, image.id):
             return NodePlan(node, Action.SKIP, "containerd (k8s.io) already has this image",

@@ -23,18 +23,11 @@ from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
 from fleetimg.push.archive import filter_save_stream, skipped_members
 from fleetimg.push.localimage import LocalImage
-from fleetimg.push.plan import Action, NodePlan
+from fleetimg.push.plan import K3S_IMPORT, K3S_LIST, Action, NodePlan, containerd_has
 from fleetimg.ssh import Ssh
 
 log = logging.getLogger("fleetimg.push")
 CHUNK = 1 << 20
-
-# ctr keeps only the host's platform unless told otherwise ("image might be filtered out"):
-# a lab node is x86 playing an arm64 board.
-K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images import "
-              "--all-platforms -; else sudo -n ctr -n k8s.io images import --all-platforms -; fi")
-K3S_LIST = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images ls -q; "
-            "else sudo -n ctr -n k8s.io images ls -q; fi")
 
 Progress = Callable[[int], None]  # uncompressed bytes just handled
 
@@ -52,15 +45,6 @@ class NodeResult:
 
 def incoming_tag(image: LocalImage) -> str:
     return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}"
-
-
-def containerd_has(listing: str, ref: str, image_id: str) -> bool:
-    """Does `ctr images ls -q` list our name and our image? containerd names docker-archive
-    images in full (docker.io/library/x:tag) and also lists them by config digest, which is
-    the Docker image ID."""
-    name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
-    names = {line.strip() for line in listing.splitlines()}
-    return bool(names & {ref, f"docker.io/{name}"}) and image_id in names
 
 
 def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
