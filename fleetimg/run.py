@@ -41,12 +41,15 @@ TOOL_PACKAGES: Mapping[str, str] = {
 }
 
 
-def format_argv(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:
-    text = shlex.join(argv)
+def mask(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def format_argv(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:
+    return mask(shlex.join(argv), secrets)
 
 
 def find_tool(name: str) -> str | None:
@@ -98,14 +101,15 @@ def run(
         raise
     except subprocess.TimeoutExpired as exc:
         raise CommandError(
-            argv, -1, f"timed out after {timeout:.0f} s", hint=hint
+            [mask(a, secrets) for a in argv], -1, f"timed out after {timeout:.0f} s", hint=hint
         ) from exc
     stdout = proc.stdout.decode(errors="replace")
     stderr = proc.stderr.decode(errors="replace")
     result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        masked = format_argv(argv, secrets)
-        raise CommandError([masked.split(" ", 1)[0], *argv[1:]], proc.returncode, stderr, hint)
+        # The error travels to logs and the screen: it carries the masked command only.
+        raise CommandError([mask(a, secrets) for a in argv], proc.returncode,
+                           mask(stderr, secrets), hint)
     return result
 
 

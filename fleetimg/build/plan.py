@@ -27,7 +27,6 @@ class BuildPlan:
     labels: dict[str, str]
     nodes: tuple[str, ...] = ()
     platform: str = PLATFORM
-    base_overridden: bool = False
     boards: tuple[L4TRelease, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
@@ -112,8 +111,7 @@ def plan_build(
     }
     all_tags = (f"fleetimg/{target.name}:{images.l4t.tag}", *tags)
     return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args, labels,
-                     tuple(n.name for n in group.nodes), base_overridden=base is not None,
-                     boards=group.boards)
+                     tuple(n.name for n in group.nodes), boards=group.boards)
 
 
 def board_releases(

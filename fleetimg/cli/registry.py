@@ -74,10 +74,11 @@ def push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, par
     local = resolve_image(docker_client(), image)
     ssh = app.ssh()
     plans = preflight(ssh, nodes, local, PushOptions(parallel=parallel))
-    pullers = [p.node for p in plans if p.value and p.value.action in (Action.SEND, Action.TAG)]
+    pullers = [p.value for p in plans if p.value and p.value.action in (Action.SEND, Action.TAG)]
+    pulling = {p.node.name for p in pullers}
     if dry_run:
         click.echo(table(["NODE", "ACTION", "WHY"], [
-            [p.node.name, "pull" if p.node in pullers else
+            [p.node.name, "pull" if p.node.name in pulling else
              (p.value.action.value if p.value else "unreachable"),
              p.value.reason if p.value else (p.error.message if p.error else "")]
             for p in plans]))

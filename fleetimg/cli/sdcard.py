@@ -24,7 +24,7 @@ from fleetimg.sdcard.flash import (
 from fleetimg.sdcard.source import is_compressed
 
 
-def _pairs(app: AppContext, node: str | None, target: Path | None, nodes: str | None,
+def _pairs(node: str | None, target: Path | None, nodes: str | None,
            devices: str | None) -> list[tuple[str, Path]]:
     if nodes or devices:
         if node or target:
@@ -129,7 +129,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
         _print_drives(as_json)
         return
     fleet = app.fleet()
-    pairs = [(fleet.node(n), t) for n, t in _pairs(app, node, target, nodes, devices)]
+    pairs = [(fleet.node(n), t) for n, t in _pairs(node, target, nodes, devices)]
     src = image or fleet.sdcard.image
     if src is None:
         raise UsageError("no SD card image given",

@@ -35,10 +35,6 @@ class Codec:
     compress: tuple[str, ...]  # runs here
     decompress: str  # runs on the node
 
-    @property
-    def is_zstd(self) -> bool:
-        return self.name == "zstd"
-
 
 CODECS = {
     # zstd -3 compresses ~245 MB/s on one core, gzip -6 ~27 MB/s: only zstd keeps ahead of

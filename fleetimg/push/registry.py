@@ -29,6 +29,7 @@ from fleetimg.inventory import Fleet, Node, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.paths import state_dir
 from fleetimg.push.localimage import LocalImage
+from fleetimg.push.plan import NodePlan
 from fleetimg.ssh import Ssh
 
 PORT = 5000
@@ -168,11 +169,6 @@ def registry_status(info: RegistryInfo) -> list[RepoInfo]:
         raise PushError(f"registry API at {base} failed: {exc}") from exc
 
 
-def _docker_cmd(ssh: Ssh, node: Node) -> str:
-    ok = ssh.run(node, "docker version >/dev/null 2>&1", check=False).returncode == 0
-    return "docker" if ok else "sudo -n docker"
-
-
 RELOAD_DOCKER = ("if [ \"$(ps -o comm= -p 1)\" = systemd ]; then sudo -n systemctl reload docker; "
                  "else sudo -n kill -HUP $(pidof dockerd); fi")
 
@@ -247,11 +243,12 @@ def push_to_registry(image: LocalImage, info: RegistryInfo) -> str:
     return registry_ref(image, info.endpoint)
 
 
-def pull_on_node(ssh: Ssh, node: Node, image: LocalImage, remote_ref: str) -> str:
+def pull_on_node(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_ref: str) -> str:
+    node = plan.node
     if node.runtime is Runtime.K3S:
         raise PushError(f"{node.name}: --via registry for k3s nodes is not available yet",
                         hint="use --via ssh for k3s nodes")
-    d = _docker_cmd(ssh, node)
+    d = plan.docker  # pre-flight already found whether Docker needs sudo there
     ref = shlex.quote(image.ref)
     rref = shlex.quote(remote_ref)
     ssh.run(node, f"{d} pull -q {rref} >/dev/null", timeout=3600)
@@ -263,7 +260,9 @@ def pull_on_node(ssh: Ssh, node: Node, image: LocalImage, remote_ref: str) -> st
     return "pulled"
 
 
-def pull_everywhere(ssh: Ssh, nodes: list[Node], image: LocalImage, remote_ref: str,
+def pull_everywhere(ssh: Ssh, plans: list[NodePlan], image: LocalImage, remote_ref: str,
                     parallel: int) -> list[NodeOutcome[str]]:
-    return for_each_node(nodes, lambda n: pull_on_node(ssh, n, image, remote_ref),
+    by_node = {p.node.name: p for p in plans}
+    return for_each_node([p.node for p in plans],
+                         lambda n: pull_on_node(ssh, by_node[n.name], image, remote_ref),
                          parallel=parallel)
