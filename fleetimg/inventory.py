@@ -60,8 +60,11 @@ _GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$", re.IGNORECASE)
 
 FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
-    "known_hosts",
+    "known_hosts", "relay_auth",
 }
+RELAY_AUTH = ("internal-key", "agent")
+# The fleet-internal key pair for node-to-node SSH lives beside fleet.toml under this name.
+INTERNAL_KEY_NAME = "fleet_internal_ed25519"
 SDCARD_KEYS = {
     "image", "user", "password_hash", "authorized_keys", "groups", "headless", "max_power",
     "swap", "docker_nvidia_default", "k3s_server", "k3s_token_file", "internal_ssh_key",
@@ -123,6 +126,10 @@ class Fleet:
     nodes: tuple[Node, ...]
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sdcard: SdcardSettings = field(default_factory=SdcardSettings)
+    # How nodes log in to each other to relay a push: "internal-key" (the fleet-internal
+    # key from [sdcard] internal_ssh_key at ~/.ssh/id_ed25519 on every node), "agent"
+    # (the workstation's forwarded ssh-agent) or None (no relays).
+    relay_auth: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -279,6 +286,10 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
     known_hosts = _path(
         fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
     ) or default_known_hosts()
+    relay_auth = _str(fleet_t.get("relay_auth"), "fleet.relay_auth", p)
+    if relay_auth is not None and relay_auth not in RELAY_AUTH:
+        p.add("fleet.relay_auth", f"unknown value {relay_auth!r} (one of: {', '.join(RELAY_AUTH)})")
+        relay_auth = None
 
     subnet: ipaddress.IPv4Network | None = None
     subnet_text = _str(fleet_t.get("subnet"), "fleet.subnet", p)
@@ -451,6 +462,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
         nodes=tuple(nodes),
         groups={g: tuple(members) for g, members in groups.items()},
         sdcard=sdcard,
+        relay_auth=relay_auth,
     )
 
 
@@ -557,6 +569,10 @@ def starter_toml(
         f'l4t = "{l4t}"',
         "# Container runtime on the boards: docker or k3s.",
         f'runtime = "{runtime}"',
+        "# How boards log in to each other when `push` relays an image board to board:",
+        '# "internal-key" (needs [sdcard] internal_ssh_key = true on the cards) or "agent"',
+        "# (your ssh-agent, forwarded). Unset: every board is sent to from this machine.",
+        '# relay_auth = "internal-key"',
         "",
         "# What `fleetimg sdcard` writes on every card (hostname, /etc/hosts and the static",
         "# address come from [[nodes]]). All optional.",

@@ -29,8 +29,8 @@ class AppContext:
             self._fleet = inventory.load(self.inventory_path)
         return self._fleet
 
-    def ssh(self) -> Ssh:
-        return ssh_for(self.fleet().known_hosts)
+    def ssh(self, *, forward_agent: bool = False) -> Ssh:
+        return ssh_for(self.fleet().known_hosts, forward_agent=forward_agent)
 
 
 pass_app = click.make_pass_decorator(AppContext)

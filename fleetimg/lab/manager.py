@@ -25,7 +25,7 @@ from docker.models.containers import Container
 
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, LabError
-from fleetimg.inventory import Fleet, load
+from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
 from fleetimg.paths import state_dir
@@ -124,11 +124,18 @@ def _write_files(config: LabConfig) -> None:
     d = config.dir
     d.mkdir(parents=True, exist_ok=True)
     _keygen(d / "id_ed25519", f"fleetimg-{config.name}")
+    # The fleet-internal key, as `fleetimg sdcard` installs it with internal_ssh_key: every
+    # node holds it and accepts it, so nodes can relay pushes to each other.
+    internal = d / INTERNAL_KEY_NAME
+    _keygen(internal, f"fleetimg-{config.name}-internal")
     known: list[str] = []
     for i in range(1, config.nodes + 1):
         node_dir = d / f"node{i}"
         _keygen(node_dir / "ssh_host_ed25519_key", f"node{i}")
-        shutil.copy(d / "id_ed25519.pub", node_dir / "authorized_keys")
+        (node_dir / "authorized_keys").write_text(
+            (d / "id_ed25519.pub").read_text()
+            + internal.with_name(internal.name + ".pub").read_text())
+        shutil.copy(internal, node_dir / "id_ed25519")
         pub = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
         known.append(f"{config.address(i)} {pub[0]} {pub[1]}")
     (d / "known_hosts").write_text("\n".join(known) + "\n")
@@ -145,6 +152,10 @@ def _write_files(config: LabConfig) -> None:
         f'dns = ["{config.gateway}"]',
         f'l4t = "{config.l4t}"',
         'runtime = "docker"',
+        'relay_auth = "internal-key"',
+        "",
+        "[sdcard]",
+        "internal_ssh_key = true",
         "",
     ]
     for i in range(1, config.nodes + 1):

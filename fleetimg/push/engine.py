@@ -1,24 +1,64 @@
-"""`fleetimg push`: pre-flight every node, then deliver in parallel; one node's failure
-never stops the others."""
+"""`fleetimg push`: pre-flight every node, arrange relays, then deliver in parallel; one
+node's failure never stops the others."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from fleetimg import run as runmod
-from fleetimg.inventory import Node
+from fleetimg.errors import ConnectionFailed, FleetimgError, PushError
+from fleetimg.inventory import Node, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import NodePlan, plan_push
-from fleetimg.push.transfer import NodeResult, Progress, push_node
+from fleetimg.push.relay import (
+    Fanout,
+    RelayAuth,
+    RelayGroup,
+    arrange,
+    parse_reports,
+    remote_command,
+)
+from fleetimg.push.transfer import (
+    NodeResult,
+    Progress,
+    StreamOutcome,
+    finish,
+    push_node,
+    stream,
+    stream_tag,
+)
 from fleetimg.ssh import Ssh
+
+# Nodes a broken relay cut off are re-fed by relay once more, then directly.
+MAX_RELAY_ROUNDS = 2
 
 
 @dataclass(frozen=True)
 class PushOptions:
     parallel: int = 4
     codec: str = "auto"
+    fanout: Fanout = field(default_factory=lambda: Fanout("direct"))
+    relay_auth: RelayAuth | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Who gets the stream from where: relay groups, direct sends, and why it differs from
+    what was asked."""
+
+    groups: list[RelayGroup]
+    direct: list[NodePlan]
+    notes: list[str]
+
+    @property
+    def uplink_plans(self) -> list[NodePlan]:
+        """The plans whose stream leaves the workstation."""
+        return [*self.direct, *(g.root for g in self.groups)]
 
 
 @dataclass(frozen=True)
@@ -26,6 +66,7 @@ class PushReport:
     image: LocalImage
     plans: list[NodeOutcome[NodePlan]]
     results: list[NodeOutcome[NodeResult]]
+    delivery: Delivery | None = None
 
     @property
     def failed(self) -> list[NodeOutcome[NodeResult]]:
@@ -33,6 +74,7 @@ class PushReport:
 
     @property
     def sent_bytes(self) -> int:
+        """Bytes through the workstation's uplink."""
         return sum(r.value.sent_bytes for r in self.results if r.value)
 
 
@@ -46,19 +88,139 @@ def preflight(ssh: Ssh, nodes: Sequence[Node], image: LocalImage,
                      parallel=max(options.parallel, 8))
 
 
+def arrange_delivery(ssh: Ssh, plans: list[NodeOutcome[NodePlan]],
+                     options: PushOptions) -> Delivery:
+    ready = [p.value for p in plans if p.value is not None]
+    groups, direct, notes = arrange(ssh, ready, options.fanout, options.relay_auth,
+                                    parallel=max(options.parallel, 8))
+    return Delivery(groups, direct, notes)
+
+
 def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
             options: PushOptions,
-            progress_for: Callable[[NodePlan], Progress | None] | None = None) -> PushReport:
-    by_node = {p.node.name: p for p in plans}
+            progress_for: Callable[[NodePlan], Progress | None] | None = None,
+            delivery: Delivery | None = None) -> PushReport:
+    if delivery is None:
+        delivery = arrange_delivery(ssh, plans, options)
+    outcomes: dict[str, NodeOutcome[NodeResult]] = {}
+    for p in plans:
+        if p.error is not None:
+            outcomes[p.node.name] = NodeOutcome(p.node, None, p.error, p.seconds)
 
-    def one(node: Node) -> NodeResult:
-        outcome = by_node[node.name]
-        if outcome.error is not None:
-            raise outcome.error
-        plan = outcome.value
-        assert plan is not None
-        progress = progress_for(plan) if progress_for else None
-        return push_node(ssh, plan, image, progress)
+    def direct_one(plan: NodePlan) -> list[NodeOutcome[NodeResult]]:
+        return for_each_node(
+            [plan.node], lambda _: push_node(ssh, plan, image,
+                                             progress_for(plan) if progress_for else None))
 
-    results = for_each_node([p.node for p in plans], one, parallel=options.parallel)
-    return PushReport(image, plans, results)
+    def group_one(group: RelayGroup) -> list[NodeOutcome[NodeResult]]:
+        progress = progress_for(group.root) if progress_for else None
+        return run_group(ssh, image, group, options, progress)
+
+    with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
+        futures = [pool.submit(direct_one, p) for p in delivery.direct]
+        futures += [pool.submit(group_one, g) for g in delivery.groups]
+        for future in futures:
+            for outcome in future.result():
+                outcomes[outcome.node.name] = outcome
+    results = [outcomes[p.node.name] for p in plans]
+    return PushReport(image, plans, results, delivery)
+
+
+def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptions,
+              progress: Progress | None, *, round_: int = 1) -> list[NodeOutcome[NodeResult]]:
+    """Stream to the group's root, which relays; verify every member; re-feed the rest."""
+    start = time.monotonic()
+    root = group.root
+    k3s = root.node.runtime is Runtime.K3S
+    out = stream(ssh, root, image, remote_command(root.node.name, group.table),
+                 skip_layers=0 if k3s else root.have_layers,
+                 repo_tag=stream_tag(root, image), progress=progress)
+    reports = parse_reports(out.output)
+    elapsed = time.monotonic() - start
+
+    def verify(node: Node) -> NodeResult:
+        plan = group.plan(node.name)
+        finish(ssh, plan, image)
+        assert plan.codec is not None
+        is_root = plan is root
+        return NodeResult(node.name, "imported" if k3s else "loaded",
+                          out.sent if is_root else 0, out.raw,
+                          len(image.diff_ids) if k3s else plan.send_layers,
+                          elapsed if is_root else time.monotonic() - start,
+                          plan.codec.name, via=group.parents[node.name])
+
+    verified = for_each_node([p.node for p in group.members], verify,
+                             parallel=max(8, options.parallel))
+    results = [v for v in verified if v.ok]
+    missing = {v.node.name for v in verified if not v.ok}
+    if not missing:
+        return results
+    why = {name: why_missing(group, name, missing, out, reports) for name in missing}
+    # A node that cannot even be reached now is reported as it is, not planned again.
+    gone = [dataclasses.replace(v, error=_with_reason(v.error, why[v.node.name]))
+            for v in verified if isinstance(v.error, ConnectionFailed)]
+    again = [v.node for v in verified if not v.ok and not isinstance(v.error, ConnectionFailed)]
+    return results + gone + refeed(ssh, image, again, why, options, round_=round_ + 1)
+
+
+def why_missing(group: RelayGroup, name: str, missing: set[str], out: StreamOutcome,
+                reports: dict[str, tuple[int, str]]) -> str:
+    """Where the stream to `name` broke: at its own hop, or at a relay above it."""
+    parent = group.parents[name]
+    if parent is not None and parent in missing:
+        top = parent
+        while (up := group.parents[top]) is not None and up in missing:
+            top = up
+        return f"cut off: the stream broke at {top}, above it in the relay"
+    if parent is None:
+        if out.failure is not None:
+            return f"reading the local image failed: {out.failure}"
+        tail = [ln for ln in out.output.strip().splitlines()
+                if not ln.startswith("fleetimg-relay: ")]
+        return (f"stream from the workstation ended with exit {out.rc}"
+                + (f" ({tail[-1]})" if tail else ""))
+    if name in reports:
+        code, last = reports[name]
+        return f"relay {parent} -> {name} ended with exit {code}" + (f" ({last})" if last else "")
+    return f"no report from its relay {parent}"
+
+
+def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, str],
+           options: PushOptions, *, round_: int) -> list[NodeOutcome[NodeResult]]:
+    """Deliver again to nodes a relay did not reach. They are planned again (a node may be
+    gone, or hold some layers now); the reachable ones relay among themselves once more
+    (one copy from here, not one each), and after that round only direct sends are tried."""
+    if not nodes:
+        return []
+    replans = plan_push(ssh, nodes, image, codec=options.codec, local_tools=local_tools(),
+                        parallel=max(8, options.parallel))
+    gone: list[NodeOutcome[NodeResult]] = [
+        NodeOutcome(p.node, None, _with_reason(p.error, why[p.node.name]), p.seconds)
+        for p in replans if p.error is not None]
+    ready = [p for p in replans if p.value is not None]
+    retry = dataclasses.replace(options, fanout=Fanout("direct")) \
+        if round_ > MAX_RELAY_ROUNDS else options
+    delivery = arrange_delivery(ssh, ready, retry)
+    results: list[NodeOutcome[NodeResult]] = []
+    for group in delivery.groups:
+        results += run_group(ssh, image, group, retry, None, round_=round_)
+    results += for_each_node([p.node for p in delivery.direct],
+                             lambda n: push_node(ssh, _plan_of(delivery.direct, n), image),
+                             parallel=options.parallel)
+    noted = [dataclasses.replace(o, value=dataclasses.replace(
+                 o.value, note=o.value.note or f"re-fed: {why[o.node.name]}"))
+             if o.value is not None else
+             dataclasses.replace(o, error=_with_reason(o.error, why[o.node.name]))
+             for o in results]
+    return gone + noted
+
+
+def _plan_of(plans: Sequence[NodePlan], node: Node) -> NodePlan:
+    return next(p for p in plans if p.node.name == node.name)
+
+
+def _with_reason(error: FleetimgError | None, why: str) -> FleetimgError:
+    assert error is not None
+    if why in error.message:
+        return error
+    return PushError(f"{error.message} (relay: {why})", hint=error.hint)

@@ -36,33 +36,57 @@ Progress = Callable[[int], None]  # uncompressed bytes just handled
 class NodeResult:
     node: str
     action: str  # skipped, tagged, loaded, imported
-    sent_bytes: int  # on the wire, compressed
+    sent_bytes: int  # through the workstation's uplink, compressed
     raw_bytes: int  # archive bytes before compression
     layers_sent: int
     seconds: float
     codec: str | None = None
+    via: str | None = None  # the node that relayed the stream; None: the workstation
+    note: str = ""
 
 
 def incoming_tag(image: LocalImage) -> str:
     return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}"
 
 
-def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
-            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> tuple[int, int]:
-    """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
+@dataclass(frozen=True)
+class StreamOutcome:
+    sent: int  # compressed bytes written to ssh
+    raw: int  # archive bytes before compression
+    rc: int  # the remote command's exit status (255: ssh itself failed)
+    broken: bool  # the connection went away while sending
+    output: str  # the remote command's stdout and stderr
+    failure: BaseException | None  # reading the local image failed
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.broken and self.failure is None
+
+
+def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
+           *, skip_layers: int, repo_tag: str, progress: Progress | None) -> StreamOutcome:
+    """Send the filtered, compressed archive into `remote_cmd` on the plan's node."""
     with tempfile.TemporaryFile() as remote_out:
         sent, raw, rc, broken, failure = _pipeline(ssh, plan, image, remote_cmd,
                                                    remote_out, skip_layers=skip_layers,
                                                    repo_tag=repo_tag, progress=progress)
         remote_out.seek(0)
         output = remote_out.read().decode(errors="replace")
-    if rc != 0 or broken:
-        tail = " / ".join(output.strip().splitlines()[-2:]) or "connection lost"
-        raise PushError(f"{plan.node.name}: transfer failed after {sent >> 20} MB ({tail})",
+    return StreamOutcome(sent, raw, rc, broken, output, failure)
+
+
+def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
+            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> tuple[int, int]:
+    """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
+    out = stream(ssh, plan, image, remote_cmd, skip_layers=skip_layers, repo_tag=repo_tag,
+                 progress=progress)
+    if out.rc != 0 or out.broken:
+        tail = " / ".join(out.output.strip().splitlines()[-2:]) or "connection lost"
+        raise PushError(f"{plan.node.name}: transfer failed after {out.sent >> 20} MB ({tail})",
                         hint="run again: only what is still missing is sent")
-    if failure is not None:
-        raise PushError(f"{plan.node.name}: reading the local image failed: {failure}")
-    return sent, raw
+    if out.failure is not None:
+        raise PushError(f"{plan.node.name}: reading the local image failed: {out.failure}")
+    return out.sent, out.raw
 
 
 def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
@@ -117,43 +141,73 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
     return sent, raw, rc, broken, failure[0] if failure else None
 
 
-def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
-              progress: Progress | None = None) -> NodeResult:
-    start = time.monotonic()
-    node = plan.node
-    ref = shlex.quote(image.ref)
-    d = plan.docker
-    if plan.action is Action.REFUSE:
-        raise PushError(f"{node.name}: refused: {plan.reason}")
-    if plan.action is Action.SKIP:
-        return NodeResult(node.name, "skipped", 0, 0, 0, time.monotonic() - start)
-    if plan.action is Action.TAG:
-        ssh.run(node, f"{d} tag {image.id} {ref}", timeout=60)
-        return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
+def load_command(plan: NodePlan) -> str:
+    """What the node runs on the decompressed-on-arrival stream."""
     assert plan.codec is not None
+    if plan.node.runtime is Runtime.K3S:
+        return f"{plan.codec.decompress} | {K3S_IMPORT}"
+    return f"{plan.codec.decompress} | {plan.docker} load -q"
+
+
+def stream_tag(plan: NodePlan, image: LocalImage) -> str:
+    """The name the archive carries: k3s imports under the real name (containerd has no
+    atomic retag), Docker loads under a temporary one."""
+    return image.ref if plan.node.runtime is Runtime.K3S else incoming_tag(image)
+
+
+def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
+    """After a stream: check the node really has the image, then give it its name.
+
+    Raises PushError when the image is not there (the temporary name is removed).
+    """
+    node = plan.node
     if node.runtime is Runtime.K3S:
-        sent, raw = _stream(ssh, plan, image, f"{plan.codec.decompress} | {K3S_IMPORT}",
-                            skip_layers=0, repo_tag=image.ref, progress=progress)
         listing = ssh.run(node, K3S_LIST, timeout=60).stdout
         if not containerd_has(listing, image.ref, image.id):
             raise PushError(f"{node.name}: containerd does not list {image.ref} after import")
-        return NodeResult(node.name, "imported", sent, raw, len(image.diff_ids),
-                          time.monotonic() - start, plan.codec.name)
+        return
+    d = plan.docker
     temp = incoming_tag(image)
     try:
-        sent, raw = _stream(ssh, plan, image, f"{plan.codec.decompress} | {d} load -q",
-                            skip_layers=plan.have_layers, repo_tag=temp, progress=progress)
         got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {temp}",
                       timeout=60, check=False).stdout.strip()
         if got != image.id:
             raise PushError(f"{node.name}: loaded image ID {got or 'missing'} differs from "
                             f"{image.id}", hint="run again; if it persists, check the node's "
                             "disk and Docker log")
-        ssh.run(node, f"{d} tag {temp} {ref} && {d} rmi {temp} >/dev/null", timeout=60)
+        ssh.run(node, f"{d} tag {temp} {shlex.quote(image.ref)} && {d} rmi {temp} >/dev/null",
+                timeout=60)
     except FleetimgError:
         # The node may be gone; a leftover temporary name is harmless and never the real tag.
         with contextlib.suppress(FleetimgError):
             ssh.run(node, f"{d} rmi {temp} >/dev/null 2>&1 || true", timeout=20, check=False)
         raise
-    return NodeResult(node.name, "loaded", sent, raw, plan.send_layers,
+
+
+def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
+              progress: Progress | None = None) -> NodeResult:
+    start = time.monotonic()
+    node = plan.node
+    if plan.action is Action.REFUSE:
+        raise PushError(f"{node.name}: refused: {plan.reason}")
+    if plan.action is Action.SKIP:
+        return NodeResult(node.name, "skipped", 0, 0, 0, time.monotonic() - start)
+    if plan.action is Action.TAG:
+        ssh.run(node, f"{plan.docker} tag {image.id} {shlex.quote(image.ref)}", timeout=60)
+        return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
+    assert plan.codec is not None
+    k3s = node.runtime is Runtime.K3S
+    try:
+        sent, raw = _stream(ssh, plan, image, load_command(plan),
+                            skip_layers=0 if k3s else plan.have_layers,
+                            repo_tag=stream_tag(plan, image), progress=progress)
+    except FleetimgError:
+        if not k3s:
+            with contextlib.suppress(FleetimgError):
+                ssh.run(node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 "
+                        "|| true", timeout=20, check=False)
+        raise
+    finish(ssh, plan, image)
+    return NodeResult(node.name, "imported" if k3s else "loaded", sent, raw,
+                      len(image.diff_ids) if k3s else plan.send_layers,
                       time.monotonic() - start, plan.codec.name)

@@ -19,14 +19,13 @@ from string import Template
 
 from fleetimg import run as runmod
 from fleetimg.errors import DiskError, UsageError
-from fleetimg.inventory import Fleet, Node, Role, Runtime, SdcardSettings
+from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, Role, Runtime, SdcardSettings
 from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, SymlinkSpec
 
 DEFAULT_TARGET = "/etc/systemd/system/default.target"
 OEM_CONFIG_TARGET = "/lib/systemd/system/nv-oem-config.target"
 NM_DIR = "/etc/NetworkManager/system-connections"
 FIRSTBOOT_UNIT = "/etc/systemd/system/fleetimg-firstboot.service"
-INTERNAL_KEY_NAME = "fleet_internal_ed25519"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ if [ -n "${FLEETIMG_TEGRA_RELEASE:-}" ]; then
 fi
 install -d -m 700 -o jetson -g jetson /home/jetson/.ssh
 install -m 600 -o jetson -g jetson /fleetimg/authorized_keys /home/jetson/.ssh/authorized_keys
+# The fleet-internal key (as `fleetimg sdcard` writes it): node-to-node SSH for relays.
+if [ -f /fleetimg/id_ed25519 ]; then
+    install -m 600 -o jetson -g jetson /fleetimg/id_ed25519 /home/jetson/.ssh/id_ed25519
+fi
 install -m 600 /fleetimg/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
 install -m 644 /fleetimg/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
 mkdir -p /run/sshd

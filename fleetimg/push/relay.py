@@ -1,0 +1,299 @@
+"""Relay fan-out: the workstation streams an image to one node, which loads it and passes the
+same compressed bytes on to further nodes over SSH (a chain, or a tree of degree K).
+
+The workstation's uplink then carries one copy whatever the fleet size. Relays are only a
+transport: afterwards the workstation checks every node itself by image ID before naming the
+image, and re-feeds directly any node whose stream broke (a dead relay cuts off everything
+below it), so a failed relay costs time, never a wrong or partial tag.
+
+Nodes relay only to nodes that lack exactly the same layers and use the same codec and
+runtime (the stream is byte-identical); anyone else is sent to directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from fleetimg import run as runmod
+from fleetimg.errors import FleetimgError, UsageError
+from fleetimg.inventory import Node
+from fleetimg.parallel import for_each_node
+from fleetimg.push.plan import Action, NodePlan
+from fleetimg.push.transfer import load_command
+from fleetimg.ssh import Ssh
+
+# Where `fleetimg sdcard` ([sdcard] internal_ssh_key) and `fleetimg lab up` put the
+# fleet-internal private key on every node.
+NODE_KEY_PATH = "~/.ssh/id_ed25519"
+# Relaying to a single node saves nothing; from two nodes on, the uplink carries one copy
+# instead of N.
+AUTO_MIN_NODES = 2
+
+
+class RelayAuth(str, Enum):
+    INTERNAL_KEY = "internal-key"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Fanout:
+    mode: str  # auto, direct, chain, tree
+    degree: int = 2  # children per node in a tree
+
+    @classmethod
+    def parse(cls, text: str) -> Fanout:
+        mode, _, degree = text.strip().lower().partition(":")
+        if mode in ("auto", "direct", "chain") and not degree:
+            return cls(mode, 1 if mode == "chain" else 2)
+        if mode == "tree":
+            if not degree:
+                return cls("tree", 2)
+            if degree.isdigit() and 2 <= int(degree) <= 16:
+                return cls("tree", int(degree))
+        raise UsageError(f"--fanout {text!r} is not a fan-out",
+                         hint="use direct, chain, tree or tree:K (K = 2..16 children per node)")
+
+    def __str__(self) -> str:
+        return f"tree:{self.degree}" if self.mode == "tree" else self.mode
+
+
+def resolve(fanout: Fanout, relayable: int, auth: RelayAuth | None) -> tuple[Fanout, str]:
+    """The fan-out to use and, when it is not what was asked, why."""
+    if fanout.mode == "direct":
+        return fanout, ""
+    if fanout.mode == "auto":
+        if relayable < AUTO_MIN_NODES:
+            return Fanout("direct"), ""
+        if auth is None:
+            return Fanout("direct"), (
+                "sending to every node from here: relays need node-to-node SSH; set "
+                "relay_auth in [fleet] or pass --relay-auth internal-key|agent")
+        # A chain lets every node receive at its full link rate; a tree of degree K splits
+        # each relay's uplink K ways. Trees only pay off where links are uneven.
+        return Fanout("chain", 1), ""
+    if auth is None:
+        raise UsageError(
+            f"--fanout {fanout} needs node-to-node SSH, and no way to log in was chosen",
+            hint="pass --relay-auth internal-key (the fleet-internal key on every node, "
+            "[sdcard] internal_ssh_key) or --relay-auth agent (forward your ssh-agent), "
+            "or set relay_auth in [fleet]")
+    return fanout, ""
+
+
+def topology(names: Sequence[str], fanout: Fanout) -> dict[str, str | None]:
+    """Each node's parent (None: the workstation), in breadth-first order of `names`."""
+    if fanout.mode == "direct":
+        return dict.fromkeys(names)
+    parents: dict[str, str | None] = {}
+    for i, name in enumerate(names):
+        if i == 0:
+            parents[name] = None
+        elif fanout.mode == "chain":
+            parents[name] = names[i - 1]
+        else:
+            parents[name] = names[(i - 1) // fanout.degree]
+    return parents
+
+
+def depth(parents: Mapping[str, str | None], name: str) -> int:
+    hops = 0
+    parent = parents[name]
+    while parent is not None:
+        hops += 1
+        parent = parents[parent]
+    return hops
+
+
+def relay_key(plan: NodePlan) -> tuple[str, int, str] | None:
+    """Nodes with equal keys receive byte-identical streams; None: not sent to at all."""
+    if plan.action is not Action.SEND or plan.codec is None:
+        return None
+    # k3s nodes always get every layer, under the real name.
+    have = 0 if plan.node.runtime.value == "k3s" else plan.have_layers
+    return plan.node.runtime.value, have, plan.codec.name
+
+
+def group_plans(plans: Sequence[NodePlan]) -> list[list[NodePlan]]:
+    """Sendable plans grouped by identical stream, in inventory order."""
+    groups: dict[tuple[str, int, str], list[NodePlan]] = {}
+    for plan in plans:
+        key = relay_key(plan)
+        if key is not None:
+            groups.setdefault(key, []).append(plan)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class RelayGroup:
+    members: tuple[NodePlan, ...]
+    parents: Mapping[str, str | None]
+    table: str  # base64 of the table relay.sh reads
+
+    @property
+    def root(self) -> NodePlan:
+        return next(p for p in self.members if self.parents[p.node.name] is None)
+
+    def plan(self, name: str) -> NodePlan:
+        return next(p for p in self.members if p.node.name == name)
+
+    def children(self, name: str) -> list[str]:
+        return [n for n, parent in self.parents.items() if parent == name]
+
+    def below(self, name: str) -> list[str]:
+        """Every node whose stream passes through `name`."""
+        out: list[str] = []
+        todo = self.children(name)
+        while todo:
+            child = todo.pop(0)
+            out.append(child)
+            todo += self.children(child)
+        return out
+
+    def describe(self) -> str:
+        def branch(name: str) -> str:
+            kids = self.children(name)
+            if not kids:
+                return name
+            if len(kids) == 1:
+                return f"{name} -> {branch(kids[0])}"
+            return f"{name} -> ({', '.join(branch(k) for k in kids)})"
+        return "workstation -> " + branch(self.root.node.name)
+
+
+@cache
+def _script_b64() -> str:
+    text = resources.files("fleetimg").joinpath("data/relay.sh").read_text()
+    return base64.b64encode(text.encode()).decode()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def known_host_lines(known_hosts: Path, nodes: Sequence[Node]) -> list[str]:
+    """The workstation's verified host keys for these nodes, for the relays' strict check."""
+    lines: list[str] = []
+    if not known_hosts.exists():
+        return lines
+    for node in nodes:
+        host = node.address if node.port == 22 else f"[{node.address}]:{node.port}"
+        out = runmod.run(["ssh-keygen", "-F", host, "-f", str(known_hosts)], check=False)
+        lines += [ln for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines
+
+
+def build_table(members: Sequence[NodePlan], parents: Mapping[str, str | None],
+                auth: RelayAuth, host_lines: Sequence[str]) -> str:
+    rows = [f"A key {NODE_KEY_PATH}" if auth is RelayAuth.INTERNAL_KEY else "A agent"]
+    rows += [f"K {line}" for line in host_lines]
+    for plan in members:
+        node = plan.node
+        parent = parents[node.name] or "-"
+        rows.append(f"N {node.name} {parent} {node.user}@{node.address} {node.port} "
+                    f"{_b64(load_command(plan))}")
+    return _b64("\n".join(rows) + "\n")
+
+
+def remote_command(name: str, table: str, *, check: bool = False) -> str:
+    script = _script_b64()
+    env = "FLEETIMG_RELAY_CHECK=1 " if check else ""
+    # Only base64 and node names (validated labels) appear: nothing needs nested quoting.
+    return (f'{env}bash -c "$(echo {script} | base64 -d)" fleetimg-relay '
+            f"{shlex.quote(name)} {script} {table}")
+
+
+_REPORT = re.compile(r"^fleetimg-relay: (\S+) exit (\d+) ?(.*)$")
+_EDGE = re.compile(r"^fleetimg-relay: edge (\S+) (ok|failed)(?:: (.*))?$")
+
+
+def parse_reports(output: str) -> dict[str, tuple[int, str]]:
+    """Per-hop results printed by relay.sh: node -> (exit status of its ssh, last line)."""
+    reports: dict[str, tuple[int, str]] = {}
+    for line in output.splitlines():
+        m = _REPORT.match(line.strip())
+        if m:
+            reports[m.group(1)] = (int(m.group(2)), m.group(3).strip())
+    return reports
+
+
+def check_edges(ssh: Ssh, group: RelayGroup, parallel: int) -> list[str]:
+    """Can every relay log in to its children? One `ssh child true` per edge, nothing sent.
+    Returns the problems, each naming both ends."""
+    relays = [p.node for p in group.members if group.children(p.node.name)]
+    outcomes = for_each_node(
+        relays, lambda n: ssh.run(n, remote_command(n.name, group.table, check=True),
+                                  timeout=60, check=False),
+        parallel=parallel)
+    problems: list[str] = []
+    for outcome in outcomes:
+        if outcome.value is None:
+            problems.append(f"{outcome.node.name}: {outcome.error}")
+            continue
+        seen = set()
+        for line in outcome.value.stdout.splitlines():
+            m = _EDGE.match(line.strip())
+            if m:
+                seen.add(m.group(1))
+                if m.group(2) == "failed":
+                    problems.append(f"{outcome.node.name} -> {m.group(1)}: "
+                                    f"{m.group(3) or 'ssh failed'}")
+        for child in group.children(outcome.node.name):
+            if child not in seen:
+                tail = (outcome.value.stderr.strip().splitlines() or ["no answer"])[-1]
+                problems.append(f"{outcome.node.name} -> {child}: relay check failed ({tail})")
+    return problems
+
+
+def arrange(ssh: Ssh, plans: Sequence[NodePlan], fanout: Fanout, auth: RelayAuth | None,
+            parallel: int) -> tuple[list[RelayGroup], list[NodePlan], list[str]]:
+    """Split sendable plans into relay groups and direct sends; notes say what changed."""
+    notes: list[str] = []
+    groups: list[RelayGroup] = []
+    direct: list[NodePlan] = [p for p in plans if relay_key(p) is None]
+    for members in group_plans(plans):
+        chosen, why = resolve(fanout, len(members), auth)
+        if why and why not in notes:
+            notes.append(why)
+        if chosen.mode == "direct" or len(members) < 2:
+            direct += members
+            continue
+        assert auth is not None
+        parents = topology([p.node.name for p in members], chosen)
+        table = build_table(members, parents, auth,
+                            known_host_lines(ssh.options.known_hosts,
+                                             [p.node for p in members]))
+        group = RelayGroup(tuple(members), parents, table)
+        try:
+            problems = check_edges(ssh, group, parallel)
+        except FleetimgError as exc:
+            problems = [exc.message]
+        if problems:
+            notes.append("relay off for " + ", ".join(p.node.name for p in members) +
+                         ": node-to-node SSH failed (" + "; ".join(problems[:3]) +
+                         "); sending to each from here")
+            direct += members
+            continue
+        groups.append(group)
+    order = {p.node.name: i for i, p in enumerate(plans)}
+    direct.sort(key=lambda p: order[p.node.name])
+    return groups, direct, notes
+
+
+def require_agent() -> None:
+    """--relay-auth agent forwards the workstation's ssh-agent: it must hold a key."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        raise UsageError("--relay-auth agent but no ssh-agent is running (SSH_AUTH_SOCK unset)",
+                         hint="eval $(ssh-agent) && ssh-add KEY, or use --relay-auth "
+                         "internal-key")
+    if runmod.run(["ssh-add", "-l"], check=False).returncode != 0:
+        raise UsageError("--relay-auth agent but the ssh-agent holds no key",
+                         hint="ssh-add the key the boards accept")
