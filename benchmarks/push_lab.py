@@ -62,7 +62,8 @@ def hand_method(fleet: Fleet, image: str, work: Path) -> tuple[float, int]:
 def fleetimg_push(fleet: Fleet, image: str) -> tuple[float, int]:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "fleetimg", "-i", str(fleet.path), "push",
-                           image, "--json"], capture_output=True, text=True, check=True)
+                           image, "--fanout", "direct", "--json"],
+                          capture_output=True, text=True, check=True)
     elapsed = time.monotonic() - start
     return elapsed, int(json.loads(proc.stdout)["sent_bytes"])
 

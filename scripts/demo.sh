@@ -35,7 +35,7 @@ docker images --filter label=io.fleetimg.target=pytorch \
     --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}'
 docker image inspect demo/pytorch:latest --format '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}' | grep -E 'io.fleetimg|opencontainers.image.(created|revision)'
 
-step "fleetimg push: the built image to every lab node (only missing layers, zstd, verified)"
+step "fleetimg push: one copy leaves this machine, nodes relay it node to node (--fanout auto = chain), each verified"
 fleetimg push demo/pytorch:latest --to all-nodes --quiet
 
 step "one-line app change, rebuild (cached), push again: only the new layer travels"

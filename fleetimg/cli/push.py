@@ -14,7 +14,7 @@ from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
 from fleetimg.push.engine import Delivery, PushOptions, arrange_delivery, execute, preflight
 from fleetimg.push.localimage import docker_client, resolve_image
 from fleetimg.push.plan import Action, NodePlan
-from fleetimg.push.relay import NODE_KEY_PATH, Fanout, RelayAuth, require_agent
+from fleetimg.push.relay import NODE_KEY_PATH, Fanout, RelayAuth, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress
 
 
@@ -61,6 +61,7 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     fanout = Fanout.parse(fanout_text)
     auth_text = relay_auth or fleet.relay_auth
     auth = RelayAuth(auth_text) if auth_text else None
+    check_auth(fanout, auth)
     local = resolve_image(docker_client(), image)
     ssh = app.ssh(forward_agent=auth is RelayAuth.AGENT)
     if auth is RelayAuth.AGENT and fanout.mode != "direct":

@@ -66,8 +66,19 @@ class Fanout:
         return f"tree:{self.degree}" if self.mode == "tree" else self.mode
 
 
+def check_auth(fanout: Fanout, auth: RelayAuth | None) -> None:
+    """An explicit relay needs an explicit way for nodes to log in to each other."""
+    if fanout.mode in ("chain", "tree") and auth is None:
+        raise UsageError(
+            f"--fanout {fanout} needs node-to-node SSH, and no way to log in was chosen",
+            hint="pass --relay-auth internal-key (the fleet-internal key on every node, "
+            "[sdcard] internal_ssh_key) or --relay-auth agent (forward your ssh-agent), "
+            "or set relay_auth in [fleet]")
+
+
 def resolve(fanout: Fanout, relayable: int, auth: RelayAuth | None) -> tuple[Fanout, str]:
     """The fan-out to use and, when it is not what was asked, why."""
+    check_auth(fanout, auth)
     if fanout.mode == "direct":
         return fanout, ""
     if fanout.mode == "auto":
@@ -80,12 +91,6 @@ def resolve(fanout: Fanout, relayable: int, auth: RelayAuth | None) -> tuple[Fan
         # A chain lets every node receive at its full link rate; a tree of degree K splits
         # each relay's uplink K ways. Trees only pay off where links are uneven.
         return Fanout("chain", 1), ""
-    if auth is None:
-        raise UsageError(
-            f"--fanout {fanout} needs node-to-node SSH, and no way to log in was chosen",
-            hint="pass --relay-auth internal-key (the fleet-internal key on every node, "
-            "[sdcard] internal_ssh_key) or --relay-auth agent (forward your ssh-agent), "
-            "or set relay_auth in [fleet]")
     return fanout, ""
 
 

@@ -47,7 +47,8 @@ def test_push_to_three_nodes_then_repush_is_noop(
     assert isinstance(plan, dict)
     # An earlier test may have loaded the base layer onto a node already.
     wants = {n["node"]: n["send_layers"] for n in plan["nodes"]}
-    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", app_v1, "--to", "all-nodes")
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", app_v1, "--to", "all-nodes",
+                               "--fanout", "direct")
     assert code == 0, data
     assert isinstance(data, dict)
     local_id = docker_client.images.get(app_v1).id

@@ -1,0 +1,212 @@
+"""Relay fan-out on lab nodes: nodes load the stream and pass it on over real node-to-node
+SSH with the fleet-internal key that `lab up` installs, as `fleetimg sdcard` would."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+
+import docker
+import pytest
+
+from fleetimg.errors import FleetimgError
+from fleetimg.inventory import Fleet
+from fleetimg.push.engine import PushOptions, execute, preflight
+from fleetimg.push.localimage import resolve_image
+from fleetimg.push.plan import NodePlan
+from fleetimg.push.relay import Fanout, RelayAuth
+from fleetimg.push.transfer import Progress
+from fleetimg.ssh import Ssh, SshOptions
+from tests.integration.conftest import fleetimg, fleetimg_json
+from tests.integration.images import build_app_image
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ssh(lab_fleet: Fleet) -> Ssh:
+    return Ssh(SshOptions(known_hosts=lab_fleet.known_hosts))
+
+
+def node_image_id(ssh: Ssh, fleet: Fleet, name: str, ref: str) -> str | None:
+    out = ssh.run(fleet.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}",
+                  check=False)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def build_on(client: docker.DockerClient, parent: str, tag: str, text: str) -> str:
+    """A one-file layer on top of `parent` (COPY needs no emulation)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", f"FROM {parent}\nCOPY extra.txt /app/extra.txt\n"),
+                           ("extra.txt", text)):
+            raw = data.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+    return tag
+
+
+def wait_back(ssh: Ssh, fleet: Fleet, name: str) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            ssh.run(fleet.node(name), "docker version >/dev/null", timeout=10)
+            return
+        except FleetimgError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_chain_sends_one_copy_and_every_node_has_the_image(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    image = build_app_image("fleetimg-test/relay:r1", app="print('r1')\n", blob_mb=24)
+    code, plan = fleetimg_json("-i", str(lab_fleet.path), "push", image, "--fanout", "chain",
+                               "--dry-run")
+    assert code == 0, plan
+    assert isinstance(plan, dict)
+    assert plan["relays"] == ["workstation -> node1 -> node2 -> node3"]
+    assert [n["from"] for n in plan["nodes"]] == ["workstation", "node1", "node2"]
+    assert node_image_id(ssh, lab_fleet, "node1", image) is None
+
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", image, "--fanout", "chain")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    nodes = {n["node"]: n for n in data["nodes"]}
+    assert {n: v["action"] for n, v in nodes.items()} == dict.fromkeys(nodes, "loaded")
+    assert [nodes[n]["via"] for n in ("node1", "node2", "node3")] == [None, "node1", "node2"]
+    # One copy through the workstation's uplink: only the first node's stream leaves it.
+    assert nodes["node1"]["sent_bytes"] > 20 << 20
+    assert nodes["node2"]["sent_bytes"] == nodes["node3"]["sent_bytes"] == 0
+    assert data["sent_bytes"] == nodes["node1"]["sent_bytes"]
+    local_id = docker_client.images.get(image).id
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+        tags = ssh.run(node, "docker images --format '{{.Repository}}'").stdout
+        assert "fleetimg-incoming" not in tags
+    run = ssh.run(lab_fleet.node("node3"), f"docker run --rm {image}", timeout=120)
+    assert "r1" in run.stdout
+
+
+def test_tree_feeds_two_children_from_the_first_node(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    image = build_app_image("fleetimg-test/relay:tree", app="print('tree')\n", blob_mb=8)
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", image, "--fanout", "tree:2")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert data["relays"] == ["workstation -> node1 -> (node2, node3)"]
+    assert [n["via"] for n in data["nodes"]] == [None, "node1", "node1"]
+    local_id = docker_client.images.get(image).id
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+
+
+def test_nodes_missing_other_layers_are_sent_to_directly(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    r2 = build_app_image("fleetimg-test/relay:r2", app="print('r2')\n", blob_mb=8)
+    code, _ = fleetimg_json("-i", str(lab_fleet.path), "push", r2, "--to", "node1")
+    assert code == 0
+    r3 = build_on(docker_client, r2, "fleetimg-test/relay:r3", "one more file\n")
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", r3, "--fanout", "chain")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    nodes = {n["node"]: n for n in data["nodes"]}
+    # node1 lacks only the new layer; node2 and node3 lack blob and app too: other streams.
+    assert nodes["node1"]["layers_sent"] == 1 and nodes["node1"]["via"] is None
+    assert nodes["node2"]["layers_sent"] == nodes["node3"]["layers_sent"] == 3
+    assert data["relays"] == ["workstation -> node2 -> node3"]
+    assert nodes["node3"]["via"] == "node2"
+    local_id = docker_client.images.get(r3).id
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, r3) == local_id
+
+
+def test_broken_node_to_node_ssh_falls_back_to_direct_with_a_note(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    image = build_app_image("fleetimg-test/relay:nokey", app="print('nokey')\n")
+    node1 = lab_fleet.node("node1")
+    ssh.run(node1, "mv ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.away")
+    try:
+        code, data = fleetimg_json("-i", str(lab_fleet.path), "push", image,
+                                   "--fanout", "chain")
+    finally:
+        ssh.run(node1, "mv ~/.ssh/id_ed25519.away ~/.ssh/id_ed25519")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert data["relays"] == []
+    assert any("relay off" in note and "node1 -> node2" in note for note in data["notes"])
+    assert all(n["via"] is None and n["action"] == "loaded" for n in data["nodes"])
+    local_id = docker_client.images.get(image).id
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+
+
+def test_relay_without_a_chosen_login_is_refused_before_sending(lab_fleet: Fleet) -> None:
+    assert lab_fleet.path is not None
+    text = lab_fleet.path.read_text().replace('relay_auth = "internal-key"\n', "")
+    inv = lab_fleet.path.with_name("fleet-noauth.toml")
+    inv.write_text(text)
+    try:
+        proc = fleetimg("-i", str(inv), "push", "fleetimg-test/relay:r1", "--fanout", "chain")
+        assert proc.returncode == 2, proc.stderr
+        assert "error: --fanout chain needs node-to-node SSH" in proc.stderr
+        assert "--relay-auth internal-key" in proc.stderr
+        # auto never relays without being told how nodes log in, and says so.
+        code, plan = fleetimg_json("-i", str(inv), "push", "fleetimg-test/relay:r1",
+                                   "--dry-run")
+        assert code == 0
+        assert isinstance(plan, dict) and plan["relays"] == []
+    finally:
+        inv.unlink()
+
+
+def test_relay_node_killed_mid_transfer_downstream_still_finishes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    big = build_app_image("fleetimg-test/relay:kill", app="print('kill')\n", blob_mb=64)
+    image = resolve_image(docker_client, big)
+    options = PushOptions(parallel=3, fanout=Fanout("chain"),
+                          relay_auth=RelayAuth.INTERNAL_KEY)
+    plans = preflight(ssh, lab_fleet.nodes, image, options)
+    victim = docker_client.containers.get("fleetimg-itest-node2")
+    handled = [0]
+
+    def progress_for(plan: NodePlan) -> Progress | None:
+        assert plan.node.name == "node1"  # the only stream leaving the workstation
+
+        def on(n: int) -> None:
+            handled[0] += n
+            if handled[0] > 16 << 20 and victim.status != "exited":
+                victim.kill()  # the relaying board loses power mid-stream
+                victim.reload()
+        return on
+
+    report = execute(ssh, image, plans, options, progress_for)
+    by_name = {r.node.name: r for r in report.results}
+    assert victim.status == "exited"
+    assert by_name["node1"].ok and by_name["node3"].ok, report.results
+    assert not by_name["node2"].ok
+    assert by_name["node2"].error is not None
+    assert "node2" in by_name["node2"].error.message
+    node3 = by_name["node3"].value
+    assert node3 is not None and "node2" in node3.note
+    assert node_image_id(ssh, lab_fleet, "node3", big) == image.id
+    assert node_image_id(ssh, lab_fleet, "node1", big) == image.id
+
+    victim.start()
+    wait_back(ssh, lab_fleet, "node2")
+    tags = ssh.run(lab_fleet.node("node2"), "docker images --format '{{.Repository}}:{{.Tag}}'")
+    assert big not in tags.stdout and "fleetimg-incoming" not in tags.stdout
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", big, "--fanout", "chain")
+    assert code == 0, data
+    assert isinstance(data, dict)
+    actions = {n["node"]: n["action"] for n in data["nodes"]}
+    assert actions == {"node1": "skipped", "node2": "loaded", "node3": "skipped"}
