@@ -230,6 +230,16 @@ def parse_reports(output: str) -> dict[str, tuple[int, str]]:
     return reports
 
 
+def parse_edges(output: str) -> dict[str, str | None]:
+    """relay.sh's check mode: child -> None when it can log in, else the ssh error."""
+    edges: dict[str, str | None] = {}
+    for line in output.splitlines():
+        m = _EDGE.match(line.strip())
+        if m:
+            edges[m.group(1)] = None if m.group(2) == "ok" else (m.group(3) or "ssh failed")
+    return edges
+
+
 def check_edges(ssh: Ssh, group: RelayGroup, parallel: int) -> list[str]:
     """Can every relay log in to its children? One `ssh child true` per edge, nothing sent.
     Returns the problems, each naming both ends."""
@@ -243,16 +253,12 @@ def check_edges(ssh: Ssh, group: RelayGroup, parallel: int) -> list[str]:
         if outcome.value is None:
             problems.append(f"{outcome.node.name}: {outcome.error}")
             continue
-        seen = set()
-        for line in outcome.value.stdout.splitlines():
-            m = _EDGE.match(line.strip())
-            if m:
-                seen.add(m.group(1))
-                if m.group(2) == "failed":
-                    problems.append(f"{outcome.node.name} -> {m.group(1)}: "
-                                    f"{m.group(3) or 'ssh failed'}")
+        edges = parse_edges(outcome.value.stdout)
+        for child, failure in edges.items():
+            if failure is not None:
+                problems.append(f"{outcome.node.name} -> {child}: {failure}")
         for child in group.children(outcome.node.name):
-            if child not in seen:
+            if child not in edges:
                 tail = (outcome.value.stderr.strip().splitlines() or ["no answer"])[-1]
                 problems.append(f"{outcome.node.name} -> {child}: relay check failed ({tail})")
     return problems
