@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import docker
@@ -63,6 +64,24 @@ def app_image(client: docker.DockerClient, tag: str, *, app: str, l4t: str = "R3
             (work / "blob.bin").write_bytes(os.urandom(blob_mb << 20))
             lines.append("COPY blob.bin /opt/blob.bin")
         lines += ["COPY app.py /app/app.py", 'CMD ["/bin/cat", "/app/app.py"]']
+        (work / "Dockerfile").write_text("\n".join(lines) + "\n")
+        _build(work, tag)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tag
+
+
+def scratch_image(tag: str, layers: Sequence[tuple[str, bytes]], *,
+                  labels: Mapping[str, str]) -> str:
+    """An arm64 image FROM scratch with one layer per (path, content): no emulation is
+    needed to build it, and its size is exactly what the caller chose (benchmarks)."""
+    work = Path(tempfile.mkdtemp(prefix="scratch-image-"))
+    try:
+        lines = ["FROM scratch"]
+        lines += [f"LABEL {k}={v}" for k, v in labels.items()]
+        for i, (path, content) in enumerate(layers):
+            (work / f"f{i}").write_bytes(content)
+            lines.append(f"COPY f{i} {path}")
         (work / "Dockerfile").write_text("\n".join(lines) + "\n")
         _build(work, tag)
     finally:
