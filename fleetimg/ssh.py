@@ -63,7 +63,8 @@ class Ssh:
             "-o", f"ServerAliveInterval={o.alive_interval}",
             "-o", f"ServerAliveCountMax={o.alive_count}",
             "-o", f"ControlMaster={master}",
-            "-o", f"ControlPath={control_dir()}/%C",
+            # A master started with agent forwarding carries that agent: keep it apart.
+            "-o", f"ControlPath={control_dir()}/%C{'-A' if o.forward_agent else ''}",
             "-o", f"ControlPersist={o.persist_seconds}",
             "-o", "LogLevel=ERROR",
             "-p", str(node.port),

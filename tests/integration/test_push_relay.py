@@ -4,8 +4,11 @@ SSH with the fleet-internal key that `lab up` installs, as `fleetimg sdcard` wou
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -147,6 +150,44 @@ def test_broken_node_to_node_ssh_falls_back_to_direct_with_a_note(
     local_id = docker_client.images.get(image).id
     for node in lab_fleet.nodes:
         assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+
+
+def test_agent_forwarding_relays_with_no_key_on_the_nodes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    assert lab_fleet.path is not None
+    image = build_app_image("fleetimg-test/relay:agent", app="print('agent')\n")
+    sock = tmp_path / "agent.sock"
+    started = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True,
+                             text=True, check=True).stdout
+    pid = started.split("SSH_AGENT_PID=")[1].split(";")[0]
+    env = {"SSH_AUTH_SOCK": str(sock), "SSH_AGENT_PID": pid}
+    for node in lab_fleet.nodes:  # only the forwarded agent can log in node to node now
+        ssh.run(node, "mv ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.away")
+    try:
+        subprocess.run(["ssh-add", "-q", str(lab_fleet.path.parent / "id_ed25519")],
+                       env={**os.environ, **env}, check=True)
+        code, data = fleetimg_json("-i", str(lab_fleet.path), "push", image, "--fanout",
+                                   "chain", "--relay-auth", "agent", env=env)
+    finally:
+        for node in lab_fleet.nodes:
+            ssh.run(node, "mv ~/.ssh/id_ed25519.away ~/.ssh/id_ed25519")
+        subprocess.run(["ssh-agent", "-k"], env={**os.environ, **env}, capture_output=True,
+                       check=False)
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert data["relays"] == ["workstation -> node1 -> node2 -> node3"], data["notes"]
+    assert [n["via"] for n in data["nodes"]] == [None, "node1", "node2"]
+    local_id = docker_client.images.get(image).id
+    for node in lab_fleet.nodes:
+        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+
+
+def test_agent_relay_without_an_agent_is_refused(lab_fleet: Fleet) -> None:
+    proc = fleetimg("-i", str(lab_fleet.path), "push", "fleetimg-test/relay:r1", "--fanout",
+                    "chain", "--relay-auth", "agent", env={"SSH_AUTH_SOCK": ""})
+    assert proc.returncode == 2
+    assert "no ssh-agent is running" in proc.stderr
 
 
 def test_relay_without_a_chosen_login_is_refused_before_sending(lab_fleet: Fleet) -> None:
