@@ -288,9 +288,12 @@ def arrange(ssh: Ssh, plans: Sequence[NodePlan], fanout: Fanout, auth: RelayAuth
         except FleetimgError as exc:
             problems = [exc.message]
         if problems:
+            fix = (f"each node needs the fleet-internal key at {NODE_KEY_PATH} ([sdcard] "
+                   "internal_ssh_key = true)" if auth is RelayAuth.INTERNAL_KEY else
+                   "the forwarded agent must hold a key every node accepts")
             notes.append("relay off for " + ", ".join(p.node.name for p in members) +
                          ": node-to-node SSH failed (" + "; ".join(problems[:3]) +
-                         "); sending to each from here")
+                         f"); sending to each from here. {fix}")
             direct += members
             continue
         groups.append(group)
