@@ -59,8 +59,9 @@ def fleetimg(*args: str, env: dict[str, str] | None = None,
     )
 
 
-def fleetimg_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, object]:
-    proc = fleetimg(*args, "--json", env=env)
+def fleetimg_json(*args: str, env: dict[str, str] | None = None,
+                  timeout: float = 300) -> tuple[int, object]:
+    proc = fleetimg(*args, "--json", env=env, timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 

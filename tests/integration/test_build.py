@@ -83,9 +83,10 @@ def test_pytorch_builds_on_standin_and_runs_its_worker(standin_pytorch: str) -> 
 
 @pytest.mark.slow
 def test_horovod_builds_on_standin(standin_pytorch: str) -> None:
-    # Horovod compiles its C++ core from source: well over an hour under QEMU on 2 cores.
+    # Horovod compiles its C++ core from source: 40+ minutes under QEMU on 2 cores.
+    # Known to fail on the stand-in: 0.28.1 builds C++14, torch 2.9 needs C++17 (#3996).
     code, data = fleetimg_json("build", "horovod", "--l4t", "R32.7.1", "--standin",
-                               "--ca-bundle", str(CA_BUNDLE))
+                               "--ca-bundle", str(CA_BUNDLE), timeout=4 * 3600)
     assert code == 0, data
     assert "rank 0" in str(built(data)["smoke"])
 
