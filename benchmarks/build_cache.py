@@ -13,7 +13,6 @@ Builds the stand-in bases first if missing. Writes benchmarks/results/build_cach
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -28,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
+from benchmarks import write_results  # noqa: E402
 from fleetimg.lab.standin import ensure_standin_pytorch  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "build_cache.json"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 APP_FILE = {"pytorch": "app/classify.py", "triton": "triton-start"}
 
@@ -77,9 +76,7 @@ def main() -> int:
                               "layers": len(warm_layers), "layers_reused": reused}
             print(f"{target:<8} cold {cold:6.1f} s  warm after an app change {warm:5.1f} s "
                   f"({warm / cold:6.1%} of cold)  layers reused {reused}/{len(warm_layers)}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results("build_cache", report)
     return 0
 
 

@@ -41,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import docker
 
+from benchmarks import RESULTS_DIR, write_results
 from benchmarks.push_lab import hand_method
 from fleetimg.inventory import Fleet, Node
 from fleetimg.lab.baseimage import scratch_image
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.ssh import Ssh, SshOptions
 
-RESULTS = Path(__file__).parent / "results"
 STRATEGIES = ("hand", "direct", "chain", "tree", "registry")
 IMAGE = "fleetimg-bench/fanout:v1"
 
@@ -244,11 +244,10 @@ def main() -> int:
         "runs": runs,
     }
     report["goals"] = goals(runs, packed)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "push_fanout.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, RESULTS / "push_fanout.png")
+    write_results("push_fanout", report)
+    plot(report, RESULTS_DIR / "push_fanout.png")
     print_table(report, sizes, strategies)
-    print(f"wrote {RESULTS / 'push_fanout.json'} and push_fanout.png")
+    print(f"wrote {RESULTS_DIR / 'push_fanout.png'}")
     return 0
 
 

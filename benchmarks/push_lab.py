@@ -27,12 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import docker
 
+from benchmarks import write_results
 from fleetimg.inventory import Fleet, Node
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.images import build_app_image, ensure_arm64_mini_image
-
-RESULTS = Path(__file__).parent / "results" / "push_lab.json"
 
 
 def ssh_base(fleet: Fleet) -> list[str]:
@@ -115,9 +114,7 @@ def main() -> int:
     print(f"{'method':<36} {'seconds':>8} {'sent':>10}")
     for k, v in rows.items():
         print(f"{k:<36} {v['seconds']:8.1f} {v['bytes'] / 1e6:8.1f} MB")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results("push_lab", report)
     return 0
 
 

@@ -14,7 +14,6 @@ dd, bmaptool (apt-get install bmap-tools) and sgdisk/e2fsprogs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,10 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import write_results
 from fleetimg.sdcard.testimage import build_test_image
 from fleetimg.sdcard.writer import plan_write, verify_mapped, write_mapped
-
-RESULTS = Path(__file__).parent / "results" / "sdcard_write.json"
 
 
 def size(text: str) -> int:
@@ -123,9 +121,7 @@ def main() -> int:
         for k, v in results.items():
             print(f"{k:<50} {v:8.2f} {dd / v:6.2f}x")
         print(f"goal: fleetimg <= allocated / write rate = {report['fleetimg_bound_seconds']} s")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        write_results("sdcard_write", report)
     finally:
         if loop:
             subprocess.run(["losetup", "-d", loop], check=False)
