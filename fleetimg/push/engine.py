@@ -133,7 +133,7 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
     root = group.root
     k3s = root.node.runtime is Runtime.K3S
     out = stream(ssh, root, image, remote_command(root.node.name, group.table),
-                 skip_layers=0 if k3s else root.have_layers,
+                 skip_layers=root.have_layers,
                  repo_tag=stream_tag(root, image), progress=progress)
     reports = parse_reports(out.output)
     elapsed = time.monotonic() - start
@@ -144,8 +144,7 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
         assert plan.codec is not None
         is_root = plan is root
         return NodeResult(node.name, "imported" if k3s else "loaded",
-                          out.sent if is_root else 0, out.raw,
-                          len(image.diff_ids) if k3s else plan.send_layers,
+                          out.sent if is_root else 0, out.raw, plan.send_layers,
                           elapsed if is_root else time.monotonic() - start,
                           plan.codec.name, via=group.parents[node.name])
 

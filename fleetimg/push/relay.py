@@ -122,9 +122,8 @@ def relay_key(plan: NodePlan) -> tuple[str, int, str] | None:
     """Nodes with equal keys receive byte-identical streams; None: not sent to at all."""
     if plan.action is not Action.SEND or plan.codec is None:
         return None
-    # k3s nodes always get every layer, under the real name.
-    have = 0 if plan.node.runtime.value == "k3s" else plan.have_layers
-    return plan.node.runtime.value, have, plan.codec.name
+    # k3s streams carry the real name (Docker's a temporary one): never shared across runtimes.
+    return plan.node.runtime.value, plan.have_layers, plan.codec.name
 
 
 def group_plans(plans: Sequence[NodePlan]) -> list[list[NodePlan]]:

@@ -58,10 +58,6 @@ class StreamOutcome:
     output: str  # the remote command's stdout and stderr
     failure: BaseException | None  # reading the local image failed
 
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0 and not self.broken and self.failure is None
-
 
 def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> StreamOutcome:
@@ -199,7 +195,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
     k3s = node.runtime is Runtime.K3S
     try:
         sent, raw = _stream(ssh, plan, image, load_command(plan),
-                            skip_layers=0 if k3s else plan.have_layers,
+                            skip_layers=plan.have_layers,
                             repo_tag=stream_tag(plan, image), progress=progress)
     except FleetimgError:
         if not k3s:
@@ -209,5 +205,4 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
         raise
     finish(ssh, plan, image)
     return NodeResult(node.name, "imported" if k3s else "loaded", sent, raw,
-                      len(image.diff_ids) if k3s else plan.send_layers,
-                      time.monotonic() - start, plan.codec.name)
+                      plan.send_layers, time.monotonic() - start, plan.codec.name)

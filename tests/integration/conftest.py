@@ -18,6 +18,7 @@ import pytest
 
 from fleetimg.inventory import Fleet
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.images import ensure_arm64_mini_image
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,19 @@ def fleetimg_json(*args: str, env: dict[str, str] | None = None,
 
 def inventory_arg(path: Path) -> tuple[str, str]:
     return ("-i", str(path))
+
+
+@pytest.fixture(scope="session")
+def ssh(lab_fleet: Fleet) -> Ssh:
+    return Ssh(SshOptions(known_hosts=lab_fleet.known_hosts))
+
+
+def node_image_id(ssh: Ssh, fleet: Fleet, name: str, ref: str) -> str | None:
+    out = ssh.run(fleet.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}",
+                  check=False)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def assert_every_node_has(ssh: Ssh, fleet: Fleet, ref: str, image_id: str) -> None:
+    for node in fleet.nodes:
+        assert node_image_id(ssh, fleet, node.name, ref) == image_id, node.name

@@ -17,22 +17,16 @@ from fleetimg.inventory import Fleet, load
 from fleetimg.push.engine import PushOptions, execute, preflight
 from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
-from fleetimg.ssh import Ssh, SshOptions
-from tests.integration.conftest import fleetimg, fleetimg_json
+from fleetimg.ssh import Ssh
+from tests.integration.conftest import (
+    assert_every_node_has,
+    fleetimg,
+    fleetimg_json,
+    node_image_id,
+)
 from tests.integration.images import build_app_image
 
 pytestmark = pytest.mark.integration
-
-
-def node_image_id(ssh: Ssh, fleet: Fleet, name: str, ref: str) -> str | None:
-    out = ssh.run(fleet.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}",
-                  check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-@pytest.fixture(scope="module")
-def ssh(lab_fleet: Fleet) -> Ssh:
-    return Ssh(SshOptions(known_hosts=lab_fleet.known_hosts))
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +130,7 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
         assert code == 0, data
         assert isinstance(data, dict)
         assert [n["detail"] for n in data["nodes"]] == ["pulled"] * 3
-        local_id = docker_client.images.get(v4).id
-        for node in lab_fleet.nodes:
-            assert node_image_id(ssh, lab_fleet, node.name, v4) == local_id
+        assert_every_node_has(ssh, lab_fleet, v4, docker_client.images.get(v4).id)
         code, status = fleetimg_json("registry", "status")
         assert code == 0
         assert isinstance(status, dict)

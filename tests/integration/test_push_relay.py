@@ -20,22 +20,16 @@ from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
 from fleetimg.push.relay import Fanout, RelayAuth
 from fleetimg.push.transfer import Progress
-from fleetimg.ssh import Ssh, SshOptions
-from tests.integration.conftest import fleetimg, fleetimg_json
+from fleetimg.ssh import Ssh
+from tests.integration.conftest import (
+    assert_every_node_has,
+    fleetimg,
+    fleetimg_json,
+    node_image_id,
+)
 from tests.integration.images import build_app_image
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ssh(lab_fleet: Fleet) -> Ssh:
-    return Ssh(SshOptions(known_hosts=lab_fleet.known_hosts))
-
-
-def node_image_id(ssh: Ssh, fleet: Fleet, name: str, ref: str) -> str | None:
-    out = ssh.run(fleet.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}",
-                  check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def build_on(client: docker.DockerClient, parent: str, tag: str, text: str) -> str:
@@ -105,9 +99,7 @@ def test_tree_feeds_two_children_from_the_first_node(
     assert isinstance(data, dict)
     assert data["relays"] == ["workstation -> node1 -> (node2, node3)"]
     assert [n["via"] for n in data["nodes"]] == [None, "node1", "node1"]
-    local_id = docker_client.images.get(image).id
-    for node in lab_fleet.nodes:
-        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+    assert_every_node_has(ssh, lab_fleet, image, docker_client.images.get(image).id)
 
 
 def test_nodes_missing_other_layers_are_sent_to_directly(
@@ -126,9 +118,7 @@ def test_nodes_missing_other_layers_are_sent_to_directly(
     assert nodes["node2"]["layers_sent"] == nodes["node3"]["layers_sent"] == 3
     assert data["relays"] == ["workstation -> node2 -> node3"]
     assert nodes["node3"]["via"] == "node2"
-    local_id = docker_client.images.get(r3).id
-    for node in lab_fleet.nodes:
-        assert node_image_id(ssh, lab_fleet, node.name, r3) == local_id
+    assert_every_node_has(ssh, lab_fleet, r3, docker_client.images.get(r3).id)
 
 
 def test_broken_node_to_node_ssh_falls_back_to_direct_with_a_note(
@@ -147,9 +137,7 @@ def test_broken_node_to_node_ssh_falls_back_to_direct_with_a_note(
     assert data["relays"] == []
     assert any("relay off" in note and "node1 -> node2" in note for note in data["notes"])
     assert all(n["via"] is None and n["action"] == "loaded" for n in data["nodes"])
-    local_id = docker_client.images.get(image).id
-    for node in lab_fleet.nodes:
-        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+    assert_every_node_has(ssh, lab_fleet, image, docker_client.images.get(image).id)
 
 
 def test_agent_forwarding_relays_with_no_key_on_the_nodes(
@@ -178,9 +166,7 @@ def test_agent_forwarding_relays_with_no_key_on_the_nodes(
     assert isinstance(data, dict)
     assert data["relays"] == ["workstation -> node1 -> node2 -> node3"], data["notes"]
     assert [n["via"] for n in data["nodes"]] == [None, "node1", "node2"]
-    local_id = docker_client.images.get(image).id
-    for node in lab_fleet.nodes:
-        assert node_image_id(ssh, lab_fleet, node.name, image) == local_id
+    assert_every_node_has(ssh, lab_fleet, image, docker_client.images.get(image).id)
 
 
 def test_agent_relay_without_an_agent_is_refused(lab_fleet: Fleet) -> None:
