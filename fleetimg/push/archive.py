@@ -99,9 +99,15 @@ def skipped_members(image_id: str, diff_ids: tuple[str, ...], skip_layers: int) 
     cache = _load_cache()
     if any(c not in cache for c in chains):
         # First time we meet these layers: one read of the save stream up to its
-        # manifest (it comes last) teaches us their names.
-        remember_manifest(diff_ids, _read_manifest(image_id))
+        # manifest (it comes last) teaches us their names. The top layer's name holds for
+        # this image only, so it is used here and not cached: a rebuild that changed only
+        # the config (a label) skips every layer, the top one included.
+        manifest = _read_manifest(image_id)
+        remember_manifest(diff_ids, manifest)
         cache = _load_cache()
+        layers = (manifest[0].get("Layers") or []) if manifest else []
+        if len(layers) == len(diff_ids):
+            cache = {**cache, **dict(zip(chain_ids(diff_ids), layers, strict=True))}
     names: set[str] = set()
     for chain, diff in zip(chains, diff_ids, strict=False):
         path = cache.get(chain)

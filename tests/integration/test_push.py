@@ -5,6 +5,7 @@ The tests run in file order and build on each other's state, as a user's pushes 
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,22 @@ def test_app_only_change_sends_only_the_new_layer(
     assert node_image_id(ssh, lab_fleet, "node2", v2) == local_id
     run = ssh.run(lab_fleet.node("node2"), f"docker run --rm {v2}", timeout=120)
     assert "v2: one line changed" in run.stdout
+
+
+def test_config_only_rebuild_sends_no_layer(lab_fleet: Fleet, ssh: Ssh,
+                                            docker_client: docker.DockerClient) -> None:
+    # A rebuild with no code change still gets a new image ID (its created label and
+    # time); every layer is on the nodes, the top one under a config-dependent name.
+    v2 = "fleetimg-test/push-app:v2"
+    relabelled = "fleetimg-test/push-app:v2-relabelled"
+    docker_client.images.build(fileobj=io.BytesIO(f"FROM {v2}\nLABEL rebuilt=yes\n".encode()),
+                               tag=relabelled, rm=True)
+    assert docker_client.images.get(relabelled).id != docker_client.images.get(v2).id
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", relabelled)
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert [(n["action"], n["layers_sent"]) for n in data["nodes"]] == [("loaded", 0)] * 3
+    assert_every_node_has(ssh, lab_fleet, relabelled, docker_client.images.get(relabelled).id)
 
 
 def test_dry_run_shows_bytes_and_sends_nothing(lab_fleet: Fleet, ssh: Ssh) -> None:
