@@ -90,10 +90,17 @@ def run_build(plan: BuildPlan, options: BuildOptions,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=command.env)
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            tail.append(line)
-            on_line(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                tail.append(line)
+                on_line(line)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): the docker client must not outlive us and keep
+            # BuildKit compiling for nobody.
+            proc.terminate()
+            proc.wait()
+            raise
         rc = proc.wait()
     if rc != 0:
         raise BuildError(parse_failure(list(tail)),

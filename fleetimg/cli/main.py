@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -143,7 +144,14 @@ def _register() -> None:
 _register()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temporary files go, child
+    # processes are stopped, a half-written card or image is cleaned up.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(args=argv, prog_name="fleetimg", standalone_mode=False)
     except click.exceptions.Abort:

@@ -3,8 +3,13 @@ test passes there."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import uuid
 from pathlib import Path
 
 import docker
@@ -89,6 +94,46 @@ def test_horovod_builds_on_standin(standin_pytorch: str) -> None:
                                "--ca-bundle", str(CA_BUNDLE), timeout=4 * 3600)
     assert code == 0, data
     assert "rank 0" in str(built(data)["smoke"])
+
+
+def test_sigterm_stops_the_build_and_cleans_up(standin_base: str, tmp_path: Path) -> None:
+    target = tmp_path / "targets" / "slow"
+    target.mkdir(parents=True)
+    (target / "target.toml").write_text('description = "never ends"\nbase = "base"\n'
+                                        'smoke = ["true"]\n[standin]\nbase = "'
+                                        + standin_base + '"\n')
+    marker = f"started-{uuid.uuid4().hex}"  # never cached: the step must really run
+    (target / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+                                       f"RUN echo {marker} && sleep 600\n")
+    shutil.copy(Path(__file__).parents[2] / "dockerfiles" / "releases.toml", target.parent)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetimg", "build", "slow", "--l4t", "R32.7.1", "--standin"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "FLEETIMG_DOCKERFILES": str(target.parent), "TMPDIR": str(tmpdir)})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line and "RUN" not in line:
+            break
+    else:
+        pytest.fail(f"the build ended before its RUN step started (exit {proc.wait()})")
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "aborted" in rest
+    # Neither the docker client nor the staged build context outlives fleetimg.
+    assert list(tmpdir.iterdir()) == []
+    clients = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+               if str(tmpdir).encode() in _read_or_empty(p)]
+    assert clients == []
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended while we looked
+        return b""
 
 
 def test_failed_step_is_named(standin_base: str, tmp_path: Path) -> None:
