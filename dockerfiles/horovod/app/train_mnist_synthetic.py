@@ -23,6 +23,13 @@ def main():
         opt.step()
         if hvd.rank() == 0 and step % 5 == 0:
             print("step {} loss {:.3f} on {} workers".format(step, loss.item(), hvd.size()))
+    # Every rank saw different data; only averaged gradients leave the replicas identical.
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()]).unsqueeze(0)
+    replicas = hvd.allgather(flat)
+    if not all(torch.equal(replicas[0], r) for r in replicas):
+        raise SystemExit("replicas diverged: gradients were not averaged across workers")
+    if hvd.rank() == 0:
+        print("replicas identical on {} workers".format(hvd.size()))
 
 
 if __name__ == "__main__":
