@@ -85,7 +85,7 @@ def main() -> int:
             warm_layers = client.images.get(f"bench/{target}:cache").attrs["RootFS"]["Layers"]
             reused = sum(a == b for a, b in zip(cold_layers, warm_layers, strict=False))
             report[target] = {"cold_seconds": round(cold, 2), "warm_seconds": round(warm, 2),
-                              "warm_over_cold": round(warm / cold, 3),
+                              "warm_over_cold": round(warm / cold, 4),
                               "layers": len(warm_layers), "layers_reused": reused}
             print(f"{target:<8} cold {cold:6.1f} s  warm after an app change {warm:5.1f} s "
                   f"({warm / cold:6.1%} of cold)  layers reused {reused}/{len(warm_layers)}")
