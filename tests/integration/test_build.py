@@ -50,6 +50,19 @@ def triton_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def one_off_target(targets: Path, name: str, standin_base: str, steps: str) -> Path:
+    """A FLEETIMG_DOCKERFILES directory holding one target NAME whose Dockerfile runs STEPS
+    on the stand-in base, beside the real release table."""
+    target = targets / name
+    target.mkdir(parents=True)
+    (target / "target.toml").write_text(f'description = "{name}"\nbase = "base"\n'
+                                        'smoke = ["true"]\n[standin]\n'
+                                        f'base = "{standin_base}"\n')
+    (target / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n" + steps)
+    shutil.copy(Path(__file__).parents[2] / "dockerfiles" / "releases.toml", targets)
+    return targets
+
+
 def built(data: object) -> dict[str, object]:
     assert isinstance(data, list) and len(data) == 1
     assert isinstance(data[0], dict)
@@ -102,21 +115,15 @@ def test_horovod_builds_on_standin_and_trains_on_two_workers(
 
 
 def test_sigterm_stops_the_build_and_cleans_up(standin_base: str, tmp_path: Path) -> None:
-    target = tmp_path / "targets" / "slow"
-    target.mkdir(parents=True)
-    (target / "target.toml").write_text('description = "never ends"\nbase = "base"\n'
-                                        'smoke = ["true"]\n[standin]\nbase = "'
-                                        + standin_base + '"\n')
     marker = f"started-{uuid.uuid4().hex}"  # never cached: the step must really run
-    (target / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-                                       f"RUN echo {marker} && sleep 600\n")
-    shutil.copy(Path(__file__).parents[2] / "dockerfiles" / "releases.toml", target.parent)
+    targets = one_off_target(tmp_path / "targets", "slow", standin_base,
+                             f"RUN echo {marker} && sleep 600\n")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleetimg", "build", "slow", "--l4t", "R32.7.1", "--standin"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "FLEETIMG_DOCKERFILES": str(target.parent), "TMPDIR": str(tmpdir)})
+        env={**os.environ, "FLEETIMG_DOCKERFILES": str(targets), "TMPDIR": str(tmpdir)})
     assert proc.stdout is not None
     for line in proc.stdout:
         if marker in line and "RUN" not in line:
@@ -142,16 +149,10 @@ def _read_or_empty(path: Path) -> bytes:
 
 
 def test_failed_step_is_named(standin_base: str, tmp_path: Path) -> None:
-    target = tmp_path / "broken"
-    target.mkdir()
-    (target / "target.toml").write_text('description = "fails"\nbase = "base"\n'
-                                        'smoke = ["true"]\n[standin]\nbase = "'
-                                        + standin_base + '"\n')
-    (target / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-                                       "RUN echo preparing\nRUN exit 3\n")
-    shutil.copy(Path(__file__).parents[2] / "dockerfiles" / "releases.toml", tmp_path)
+    targets = one_off_target(tmp_path, "broken", standin_base,
+                             "RUN echo preparing\nRUN exit 3\n")
     proc = fleetimg("build", "broken", "--l4t", "R32.7.1", "--standin",
-                    env={"FLEETIMG_DOCKERFILES": str(tmp_path)})
+                    env={"FLEETIMG_DOCKERFILES": str(targets)})
     assert proc.returncode == 1
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert error == ["error: build failed at step [3/3] RUN exit 3 (exit code 3)"], proc.stderr
