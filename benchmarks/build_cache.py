@@ -5,12 +5,13 @@ Cold: `fleetimg build TARGET --standin --no-cache`. Warm: the same after a one-l
 of the target's app code, with the cache. Goal: warm < 10% of cold, and every layer but the
 app's reused. Measured for pytorch (whose own steps are only the app copy: both times are
 BuildKit's fixed cost), triton (apt-get under QEMU before the app files) and, when asked,
-horovod (compiles Horovod under QEMU: a cold build takes 30 to 60 minutes on 2 cores).
+horovod (compiles Horovod under QEMU: a cold build took 27 minutes on 2 cores).
 
     python benchmarks/build_cache.py                      # pytorch and triton
     python benchmarks/build_cache.py --targets horovod
 
-Builds the stand-in bases first if missing. Writes benchmarks/results/build_cache.json.
+Builds the stand-in bases first if missing. Writes benchmarks/results/build_cache.json for
+the default targets, else build_cache_TARGET[_TARGET...].json.
 """
 
 from __future__ import annotations
