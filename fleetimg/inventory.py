@@ -16,7 +16,7 @@ from typing import Any
 
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import InventoryError, UsageError
-from fleetimg.l4t import L4TRelease
+from fleetimg.l4t import KNOWN_FAMILIES_TEXT, L4TRelease
 from fleetimg.paths import default_known_hosts
 
 
@@ -57,6 +57,8 @@ MODULES: Mapping[str, Module] = {
 IMPLICIT_GROUPS = ("all-nodes", "masters", "workers")
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$", re.IGNORECASE)
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SHA512_CRYPT_RE = re.compile(r"\$6\$(rounds=[0-9]{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
 
 FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
@@ -195,7 +197,16 @@ def load(path: Path) -> Fleet:
             "or point to it with -i FILE / FLEETIMG_INVENTORY",
         )
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})",
+                             hint="TOML files are UTF-8: re-save it as UTF-8 "
+                             f"(e.g. `iconv -f latin1 -t utf-8 {path}`)") from exc
+    except IsADirectoryError as exc:
+        raise InventoryError(f"{path} is a directory, not an inventory file",
+                             hint="point -i at the fleet.toml inside it") from exc
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InventoryError(f"{path}: not valid TOML: {exc}") from exc
     return parse(data, base_dir=path.parent, path=path)
@@ -241,10 +252,24 @@ def _release(value: Any, where: str, p: _Problems) -> L4TRelease | None:
     if text is None:
         return None
     try:
-        return L4TRelease.parse(text)
+        release = L4TRelease.parse(text)
     except UsageError as exc:
         p.add(where, exc.message)
         return None
+    if not release.family_known:
+        p.add(where, f"{release} is not an L4T release fleetimg knows (known families: "
+              f"{KNOWN_FAMILIES_TEXT}); e.g. R32.7.1 = JetPack 4.6.1")
+        return None
+    return release
+
+
+def _user(value: Any, where: str, p: _Problems) -> str | None:
+    text = _str(value, where, p)
+    if text is not None and not _USER_RE.match(text):
+        p.add(where, f"{text!r} is not a valid Linux user name (lowercase letters, digits, "
+              "_ and -, starting with a letter or _)")
+        return None
+    return text
 
 
 def _enum(enum: type[Role] | type[Runtime], value: Any, where: str, p: _Problems) -> Any:
@@ -278,7 +303,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
     _check_keys(fleet_t, FLEET_KEYS, "fleet", p)
 
     name = _str(fleet_t.get("name", "fleet"), "fleet.name", p) or "fleet"
-    user = _str(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson"
+    user = _user(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson"
     ssh_key = _path(fleet_t.get("ssh_key"), base_dir, "fleet.ssh_key", p, must_exist=True)
     port = _port(fleet_t.get("port", 22), "fleet.port", p) or 22
     l4t = _release(fleet_t.get("l4t", "R32.7.1"), "fleet.l4t", p)
@@ -407,7 +432,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
                 if n_name is not None:
                     groups.setdefault(g, []).append(n_name)
 
-        n_user = _str(raw.get("user"), f"{where}.user", p) or user
+        n_user = _user(raw.get("user"), f"{where}.user", p) or user
         n_key = (
             _path(raw.get("ssh_key"), base_dir, f"{where}.ssh_key", p, must_exist=True)
             if "ssh_key" in raw else ssh_key
@@ -482,13 +507,16 @@ def _parse_sdcard(
         p.add("sdcard", "must be a table ([sdcard])")
         return SdcardSettings()
     _check_keys(table, SDCARD_KEYS, "sdcard", p)
-    user = _str(table.get("user", fleet_user), "sdcard.user", p) or fleet_user
-    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
-        p.add("sdcard.user", f"{user!r} is not a valid Linux user name")
+    # Defaults to [fleet] user, which is checked (and reported) there.
+    user = _user(table.get("user"), "sdcard.user", p) or fleet_user
     pw = _str(table.get("password_hash"), "sdcard.password_hash", p)
-    if pw is not None and not pw.startswith("$6$"):
+    if pw is not None and not _SHA512_CRYPT_RE.fullmatch(pw):
+        # It lands verbatim in /etc/shadow: a ':' or a newline would forge other fields or
+        # lines (a passwordless root). JetPack 4's glibc knows no yescrypt ($y$): $6$ only.
         p.add("sdcard.password_hash",
-              "must be a SHA-512 crypt hash ($6$...): make one with `openssl passwd -6`")
+              "must be one SHA-512 crypt hash ($6$salt$ and 86 characters of [./0-9A-Za-z], "
+              "nothing else): make one with `openssl passwd -6`")
+        pw = None
     keys_raw = table.get("authorized_keys")
     keys: list[Path] = []
     if keys_raw is None:

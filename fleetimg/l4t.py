@@ -43,6 +43,11 @@ JETPACK_BY_L4T: dict[tuple[int, int, int], str] = {
     (36, 4, 4): "6.2.1",
 }
 
+# L4T major releases -> their JetPack generation.
+KNOWN_FAMILIES: dict[int, str] = {32: "JetPack 4", 34: "JetPack 5.0 DP", 35: "JetPack 5",
+                                  36: "JetPack 6"}
+KNOWN_FAMILIES_TEXT = ", ".join(f"R{m} = {jp}" for m, jp in KNOWN_FAMILIES.items())
+
 # BOARD field of nv_tegra_release -> what it means to a person.
 BOARDS: dict[str, str] = {
     "t210ref": "Jetson Nano / TX1 (t210)",
@@ -100,6 +105,12 @@ class L4TRelease:
     @property
     def known(self) -> bool:
         return self._key() in JETPACK_BY_L4T
+
+    @property
+    def family_known(self) -> bool:
+        """A release of an L4T family NVIDIA shipped (R32, R34, R35, R36); point releases
+        newer than the table are accepted, R99.1 is not."""
+        return self.major in KNOWN_FAMILIES
 
 
 @dataclass(frozen=True)

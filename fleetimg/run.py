@@ -12,9 +12,11 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO
 
+from fleetimg import stop
 from fleetimg.errors import CommandError, ToolMissing
 
 log = logging.getLogger("fleetimg.run")
@@ -78,39 +80,76 @@ def run(
     secrets: Iterable[str] = (),
     hint: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion, capturing stdout and stderr as text."""
+    """Run a command to completion, capturing stdout and stderr as text.
+
+    After a stop (Ctrl-C, SIGTERM) nothing new starts, except in stop.cleanup().
+    """
     argv = [str(a) for a in argv]
     secrets = tuple(secrets)
+    stop.check()
     log.debug("+ %s", format_argv(argv, secrets))
     full_env = {**os.environ, **env} if env else None
     if isinstance(input, str):
         input = input.encode()
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=full_env,
             cwd=cwd,
-            check=False,
         )
     except FileNotFoundError:
         require_tool(argv[0])
         raise
+    stop.track(proc)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise CommandError(
             [mask(a, secrets) for a in argv], -1, f"timed out after {timeout:.0f} s", hint=hint
         ) from exc
-    stdout = proc.stdout.decode(errors="replace")
-    stderr = proc.stderr.decode(errors="replace")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    stdout = out.decode(errors="replace")
+    stderr = err.decode(errors="replace")
     result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
+        stop.check()  # a child ended by the stop is not the command's own failure
         # The error travels to logs and the screen: it carries the masked command only.
         raise CommandError([mask(a, secrets) for a in argv], proc.returncode,
                            mask(stderr, secrets), hint)
     return result
+
+
+def run_detached(argv: Sequence[str]) -> tuple[int, str]:
+    """Run a command that forks a daemon holding its stdio (ssh -f): stdout goes to
+    /dev/null and stderr to a file, not pipes, or we would wait for the daemon's EOF.
+    Returns (exit code, stderr)."""
+    argv = [str(a) for a in argv]
+    stop.check()
+    log.debug("+ %s", format_argv(argv))
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        except FileNotFoundError:
+            require_tool(argv[0])
+            raise
+        stop.track(proc)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        err.seek(0)
+        return rc, err.read().decode(errors="replace")
 
 
 def spawn(
@@ -121,13 +160,22 @@ def spawn(
     stderr: int | IO[bytes] | None = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
+    detach: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a command for streaming; the caller owns the pipes and must wait()."""
+    """Start a command for streaming; the caller owns the pipes and must wait().
+
+    A stop ends it, unless `detach` (a service meant to outlive fleetimg, in its own
+    session so a Ctrl-C in the terminal does not reach it either)."""
     argv = [str(a) for a in argv]
+    stop.check()
     log.debug("+ %s", format_argv(argv, secrets))
     full_env = {**os.environ, **env} if env else None
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
+                                start_new_session=detach)
     except FileNotFoundError:
         require_tool(argv[0])
         raise
+    if not detach:
+        stop.track(proc)
+    return proc

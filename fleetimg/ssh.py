@@ -8,17 +8,18 @@ own known_hosts file with accept-new: a new board is learned once, a changed key
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from fleetimg import run as runmod
-from fleetimg.errors import CommandError, ConnectionFailed, HostKeyChanged
+from fleetimg import stop
+from fleetimg.errors import CommandError, ConnectionFailed, HostKeyChanged, UsageError
 from fleetimg.inventory import Node
 from fleetimg.paths import control_dir
 
@@ -87,18 +88,9 @@ class Ssh:
             )
             if check.returncode == 0:
                 return
-            # The master forks into the background holding its stdio: give it files, not
-            # pipes, or we would wait for its EOF until ControlPersist runs out.
-            with tempfile.TemporaryFile() as err:
-                argv = [*self.base_argv(node, master="yes"), "-f", "-N", self.destination(node)]
-                log.debug("+ %s", runmod.format_argv(argv))
-                proc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    check=False,
-                )
-                err.seek(0)
-                stderr = err.read().decode(errors="replace")
-            if proc.returncode != 0:
+            argv = [*self.base_argv(node, master="yes"), "-f", "-N", self.destination(node)]
+            rc, stderr = runmod.run_detached(argv)
+            if rc != 0:
                 raise self._classify(node, stderr)
 
     def _classify(self, node: Node, stderr: str) -> ConnectionFailed:
@@ -141,6 +133,8 @@ class Ssh:
         self.connect(node)
         argv = [*self.base_argv(node), self.destination(node), command]
         result = runmod.run(argv, input=input, timeout=timeout, check=False)
+        if result.returncode != 0:
+            stop.check()  # ssh ended by a stop: not the node's failure
         if result.returncode == SSH_FAILED and not result.stdout:
             raise self._classify(node, result.stderr)
         if check and result.returncode != 0:
@@ -170,8 +164,25 @@ class Ssh:
         )
 
 
-def ssh_for(known_hosts: Path, **kwargs: int | bool) -> Ssh:
-    env_timeout = os.environ.get("FLEETIMG_SSH_TIMEOUT")
-    if env_timeout and "connect_timeout" not in kwargs:
-        kwargs["connect_timeout"] = int(env_timeout)
-    return Ssh(SshOptions(known_hosts=known_hosts, **kwargs))  # type: ignore[arg-type]
+def connect_timeout_from_env() -> int | None:
+    """FLEETIMG_SSH_TIMEOUT, in whole seconds (1 to 600), or None when unset."""
+    text = os.environ.get("FLEETIMG_SSH_TIMEOUT", "").strip()
+    if not text:
+        return None
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= 600:
+        raise UsageError(f"FLEETIMG_SSH_TIMEOUT={text!r} is not a number of seconds from 1 "
+                         "to 600", hint="e.g. FLEETIMG_SSH_TIMEOUT=10, or unset it for the "
+                         "default (10 s)")
+    return seconds
+
+
+def ssh_for(known_hosts: Path, *, forward_agent: bool = False) -> Ssh:
+    timeout = connect_timeout_from_env()
+    options = SshOptions(known_hosts=known_hosts, forward_agent=forward_agent)
+    if timeout is not None:
+        options = dataclasses.replace(options, connect_timeout=timeout)
+    return Ssh(options)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fleetimg.cli.render import emit_json, table
+from fleetimg.cli.render import emit_json, human_bytes, table
 from fleetimg.errors import UsageError
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.manager import DEFAULT_SUBNET, LabConfig, lab_down, lab_status, lab_up
@@ -91,7 +91,7 @@ def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
 
     out = build_test_image(output, app_size=_size(app_size), l4t=L4TRelease.parse(l4t),
                            board=board, booted=booted, payload=_size(payload))
-    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB, L4T {l4t}"
+    click.echo(f"wrote {out} ({human_bytes(out.stat().st_size)}, L4T {l4t}"
                f"{', booted' if booted else ''})")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from fleetimg import __version__, doctor, inventory
+from fleetimg import __version__, doctor, inventory, stop
 from fleetimg.cli.render import emit_json, ok_word
 from fleetimg.errors import FleetimgError, UsageError
 from fleetimg.inventory import Fleet
@@ -144,30 +143,36 @@ def _register() -> None:
 _register()
 
 
-def _terminated(signum: int, frame: object) -> None:
-    # SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temporary files go, child
-    # processes are stopped, a half-written card or image is cleaned up.
-    raise KeyboardInterrupt
+def _interrupted() -> None:
+    # Ctrl-C / SIGTERM: fleetimg.stop already ended the children and the workers have
+    # unwound; say what was left unfinished, exit 130 (SIGINT) or 143 (SIGTERM).
+    click.secho("interrupted: stopped before finishing", fg="red", err=True)
+    for line in stop.unfinished():
+        click.echo(f"unfinished: {line}", err=True)
+    sys.exit(stop.exit_code())
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    stop.install()
     try:
         cli.main(args=argv, prog_name="fleetimg", standalone_mode=False)
     except click.exceptions.Abort:
+        if stop.requested():
+            _interrupted()
         click.secho("aborted", fg="red", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, stop.Interrupted):
+        _interrupted()
     except FleetimgError as exc:
+        if stop.requested():
+            _interrupted()
         click.secho(f"error: {exc.message}", fg="red", err=True)
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
     except Exception as exc:
         path = log_file()
         try:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from fleetimg.cli.main import AppContext, pass_app
-from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.parallel import NodeOutcome
 from fleetimg.probe import NodeProbe, probe_nodes
 
@@ -65,9 +65,7 @@ def probe(app: AppContext, selection: str, parallel: int, as_json: bool) -> None
         ))
         for r in results:
             if r.error is not None:
-                click.echo(f"{ok_word(False)} {r.node.name}: {r.error.message}")
-                if r.error.hint:
-                    click.echo(f"     hint: {r.error.hint}")
+                echo_failure(r.node.name, r.error)
             elif r.value is not None:
                 for warning in r.value.warnings:
                     click.echo(f"{click.style('warn', fg='yellow')} {r.node.name}: {warning}")

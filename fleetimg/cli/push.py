@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from fleetimg.cli.main import AppContext, pass_app
 from fleetimg.cli.nodes import TO_HELP
-from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.push.engine import Delivery, PushOptions, arrange_delivery, execute, preflight
 from fleetimg.push.localimage import docker_client, resolve_image
 from fleetimg.push.plan import Action, NodePlan
@@ -135,10 +135,7 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
             if r.value and r.value.note:
                 click.echo(f"* {r.node.name}: {r.value.note}")
         for r in report.failed:
-            assert r.error is not None
-            click.echo(f"{ok_word(False)} {r.node.name}: {r.error.message}")
-            if r.error.hint:
-                click.echo(f"     hint: {r.error.hint}")
+            echo_failure(r.node.name, r.error)
         click.echo(f"\n{len(report.results) - len(report.failed)}/{len(report.results)} "
                    f"node(s) have {local.ref}; {human_bytes(report.sent_bytes)} sent from here")
     if report.failed:

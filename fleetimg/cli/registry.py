@@ -30,7 +30,9 @@ def registry() -> None:
 def up(app: AppContext, on: str) -> None:
     """Start the registry (idempotent)."""
     info = reg.registry_up(app.fleet(), on)
-    click.echo(f"registry at {info.url} (nodes reach it there); storage {info.root}")
+    click.echo(f"registry at {info.url}: read-only, on the fleet's network only (nodes pull "
+               f"there); pushes go through {info.upload_endpoint} on this machine; no deletes; "
+               f"storage {info.root}")
     click.echo("next: fleetimg registry configure --to all-nodes")
 
 
@@ -43,13 +45,16 @@ def down() -> None:
 @registry.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Repositories, tags and sizes, from the registry's HTTP API."""
+    """Where the registry listens, and its repositories, tags and sizes."""
     info = reg.require_registry()
     repos = reg.registry_status(info)
     if as_json:
-        emit_json({"url": info.url, "repositories": [r.__dict__ for r in repos]})
+        emit_json({"url": info.url, "listening": info.listening,
+                   "repositories": [r.__dict__ for r in repos]})
         return
     click.echo(f"registry {info.url}")
+    for entry in info.listening:
+        click.echo(f"  listening on {entry['address']}: {entry['access']}, {entry['for']}")
     click.echo(table(["REPOSITORY", "TAG", "SIZE"],
                      [[r.name, t, human_bytes(r.sizes.get(t))] for r in repos for t in r.tags]))
 

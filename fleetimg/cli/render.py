@@ -8,6 +8,11 @@ from typing import Any
 
 import click
 
+from fleetimg.errors import FleetimgError
+from fleetimg.units import human_bytes
+
+__all__ = ["echo_failure", "emit_json", "human_bytes", "node_message", "ok_word", "table"]
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
@@ -33,11 +38,17 @@ def ok_word(ok: bool, yes: str = "ok", no: str = "FAIL") -> str:
     return click.style(yes, fg="green") if ok else click.style(no, fg="red", bold=True)
 
 
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+def node_message(name: str, message: str) -> str:
+    """`name: message`, unless core already named the node ("node2: refused: ...")."""
+    if message.startswith((f"{name}:", f"{name} (")):
+        return message
+    return f"{name}: {message}"
+
+
+def echo_failure(name: str, error: FleetimgError | None) -> None:
+    """One red line naming the node and what went wrong, then the hint that fixes it."""
+    if error is None:
+        return
+    click.echo(f"{ok_word(False)} {node_message(name, error.message)}")
+    if error.hint:
+        click.echo(f"     hint: {error.hint}")

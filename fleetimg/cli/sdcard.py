@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from fleetimg.cli.main import AppContext, pass_app
-from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.errors import UsageError
 from fleetimg.sdcard import drives
 from fleetimg.sdcard.flash import (
@@ -108,6 +108,7 @@ def _confirm(plans: list[CardPlan], yes: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Check everything and show what would be written.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask to type the device name.")
 @click.option("--no-verify", is_flag=True, help="Skip reading the card back.")
+@click.option("--force", is_flag=True, help="Replace an existing image file TARGET.")
 @click.option("--allow-cloned", is_flag=True,
               help="Accept an image from a booted board and reset its identity.")
 @click.option("--allow-non-removable", is_flag=True,
@@ -117,8 +118,8 @@ def _confirm(plans: list[CardPlan], yes: bool) -> None:
 @pass_app
 def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path | None,
            nodes: str | None, devices: str | None, list_only: bool, dry_run: bool, yes: bool,
-           no_verify: bool, allow_cloned: bool, allow_non_removable: bool, parallel: int,
-           as_json: bool) -> None:
+           no_verify: bool, force: bool, allow_cloned: bool, allow_non_removable: bool,
+           parallel: int, as_json: bool) -> None:
     """Write a JetPack SD card for a node: headless, named, static IP, your SSH key.
 
     TARGET is a whole disk (/dev/sdb, /dev/mmcblk0) or an image file to create. Only the
@@ -148,7 +149,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
     if bar is not None:
         bar.close()
     options = SdcardOptions(verify=not no_verify, allow_cloned=allow_cloned,
-                            allow_non_removable=allow_non_removable)
+                            allow_non_removable=allow_non_removable, force=force)
     plans = [plan_card(fleet, n, t, source, options) for n, t in pairs]
     tegra = source.report.tegra
     wplan = source.plan
@@ -212,10 +213,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
                          ok_word(r.ok, "ok", "FAILED")])
         click.echo(table(["NODE", "TARGET", "WRITTEN", "TIME", "VERIFIED", "RESULT"], rows))
         for r in failed:
-            assert r.error is not None
-            click.echo(f"{ok_word(False)} {r.node.name}: {r.error.message}")
-            if r.error.hint:
-                click.echo(f"     hint: {r.error.hint}")
+            echo_failure(r.node.name, r.error)
     if failed:
         sys.exit(1)
 

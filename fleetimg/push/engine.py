@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fleetimg import run as runmod
+from fleetimg import stop
 from fleetimg.errors import ConnectionFailed, FleetimgError, PushError
 from fleetimg.inventory import Node, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import LocalImage
-from fleetimg.push.plan import NodePlan, plan_push
+from fleetimg.push.plan import Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
     RelayAuth,
@@ -24,10 +25,12 @@ from fleetimg.push.relay import (
     remote_command,
 )
 from fleetimg.push.transfer import (
+    CLEANUP_TIMEOUT,
     NodeResult,
     Progress,
     StreamOutcome,
     finish,
+    incoming_tag,
     push_node,
     stream,
     stream_tag,
@@ -116,12 +119,18 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
         progress = progress_for(group.root) if progress_for else None
         return run_group(ssh, image, group, options, progress)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
-        futures = [pool.submit(direct_one, p) for p in delivery.direct]
-        futures += [pool.submit(group_one, g) for g in delivery.groups]
-        for future in futures:
-            for outcome in future.result():
-                outcomes[outcome.node.name] = outcome
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
+            futures = [pool.submit(direct_one, p) for p in delivery.direct]
+            futures += [pool.submit(group_one, g) for g in delivery.groups]
+            for future in futures:
+                for outcome in future.result():
+                    outcomes[outcome.node.name] = outcome
+    except BaseException:
+        if stop.requested():
+            discard_incoming(ssh, [p.value for p in plans if p.value is not None], image)
+        raise
+    stop.check()  # a stop that came as the last node finished still counts
     results = [outcomes[p.node.name] for p in plans]
     return PushReport(image, plans, results, delivery)
 
@@ -135,6 +144,7 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
     out = stream(ssh, root, image, remote_command(root.node.name, group.table),
                  skip_layers=root.have_layers,
                  repo_tag=stream_tag(root, image), progress=progress)
+    stop.check()  # the stream ended because of a stop: verify nothing, re-feed nothing
     reports = parse_reports(out.output)
     elapsed = time.monotonic() - start
 
@@ -191,6 +201,7 @@ def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, st
     (one copy from here, not one each), and after that round only direct sends are tried."""
     if not nodes:
         return []
+    stop.check()
     replans = plan_push(ssh, nodes, image, codec=options.codec, local_tools=local_tools(),
                         parallel=max(8, options.parallel))
     gone: list[NodeOutcome[NodeResult]] = [
@@ -212,6 +223,21 @@ def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, st
              dataclasses.replace(o, error=_with_reason(o.error, why[o.node.name]))
              for o in results]
     return gone + noted
+
+
+def discard_incoming(ssh: Ssh, plans: Sequence[NodePlan], image: LocalImage) -> None:
+    """After a stop: remove the temporary name from every Docker node that was being sent
+    to, in case its load had finished. Cleanup work, a few seconds at most."""
+    senders = [p for p in plans
+               if p.action is Action.SEND and p.node.runtime is Runtime.DOCKER]
+
+    def discard(node: Node) -> None:
+        plan = _plan_of(senders, node)
+        with stop.cleanup():
+            ssh.run(node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 || true",
+                    timeout=CLEANUP_TIMEOUT, check=False)
+
+    for_each_node([p.node for p in senders], discard, parallel=len(senders) or 1)
 
 
 def _plan_of(plans: Sequence[NodePlan], node: Node) -> NodePlan:

@@ -15,6 +15,7 @@ from fleetimg.probe import NodeProbe, probe_node
 from fleetimg.push.archive import chain_ids
 from fleetimg.push.localimage import LocalImage
 from fleetimg.ssh import Ssh
+from fleetimg.units import human_bytes
 
 # docker load unpacks the archive into a temporary directory before registering layers,
 # so a node needs room for the archive and the unpacked layers (jetson-containers #218).
@@ -172,8 +173,9 @@ def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
     need = send_bytes * LOAD_SPACE_FACTOR + SPACE_MARGIN
     if probe.free_bytes is not None and probe.free_bytes < need:
         return NodePlan(node, Action.REFUSE,
-                        f"not enough disk under {probe.docker_root}: {probe.free_bytes >> 20} MB "
-                        f"free, loading needs about {need >> 20} MB", probe, have,
+                        f"not enough disk under {probe.docker_root}: "
+                        f"{human_bytes(probe.free_bytes)} free, loading needs about "
+                        f"{human_bytes(need)}", probe, have,
                         len(mine) - have, send_bytes)
     return NodePlan(node, Action.SEND, f"missing {len(mine) - have} of {len(mine)} layers",
                     probe, have, len(mine) - have, send_bytes,

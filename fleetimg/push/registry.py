@@ -1,20 +1,21 @@
 """A local CNCF Distribution registry, for fleets too big for SSH fan-out: push once, let
 the nodes pull in parallel.
 
-`up --on local` runs Debian's docker-registry binary on the workstation, listening on the
-address the nodes reach it by. The workstation's engine pushes through 127.0.0.1 (which
-Docker treats as insecure-allowed); nodes pull the same repository over plain HTTP, so they
-need it in insecure-registries (`configure`).
+`up --on local` runs Debian's docker-registry twice on one storage directory. The fleet side
+listens only on the workstation's address on the fleet's subnet and is read-only: nodes
+pull from it over plain HTTP (insecure-registries, `configure`), and nobody, on the fleet or
+any other network, can upload or delete there. The upload side listens on 127.0.0.1 only:
+the workstation's engine pushes through it (Docker treats loopback as insecure-allowed).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shlex
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +33,8 @@ from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import NodePlan
 from fleetimg.ssh import Ssh
 
-PORT = 5000
+PORT = 5000  # the fleet side
+UPLOAD_PORT = 5001  # the upload side, on 127.0.0.1
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -41,10 +43,12 @@ MANIFEST_TYPES = ", ".join([
 
 @dataclass(frozen=True)
 class RegistryInfo:
-    host: str  # address the nodes use
+    host: str  # the workstation's address on the fleet's subnet, where nodes pull
     port: int
     pid: int | None
     root: Path
+    upload_port: int = UPLOAD_PORT
+    upload_pid: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -53,6 +57,16 @@ class RegistryInfo:
     @property
     def url(self) -> str:
         return f"http://{self.endpoint}"
+
+    @property
+    def upload_endpoint(self) -> str:
+        return f"127.0.0.1:{self.upload_port}"
+
+    @property
+    def listening(self) -> list[dict[str, str]]:
+        return [{"address": self.endpoint, "access": "read-only", "for": "fleet nodes"},
+                {"address": self.upload_endpoint, "access": "push",
+                 "for": "this workstation only"}]
 
 
 def _dir() -> Path:
@@ -68,12 +82,25 @@ def address_towards(node: Node) -> str:
     return m[1]
 
 
+def fleet_address(fleet: Fleet) -> str:
+    """The address the fleet side binds: the workstation's own on the fleet's subnet."""
+    host = address_towards(fleet.nodes[0])
+    if ipaddress.IPv4Address(host) not in fleet.subnet:
+        raise UsageError(
+            f"this workstation has no address on the fleet's subnet {fleet.subnet} (it reaches "
+            f"{fleet.nodes[0].name} from {host}); the registry listens only on the fleet's "
+            "network",
+            hint=f"give this machine an address in {fleet.subnet}, or push with --via ssh")
+    return host
+
+
 def read_info() -> RegistryInfo | None:
     path = _dir() / "registry.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return RegistryInfo(data["host"], data["port"], data.get("pid"), Path(data["root"]))
+    return RegistryInfo(data["host"], data["port"], data.get("pid"), Path(data["root"]),
+                        data.get("upload_port", UPLOAD_PORT), data.get("upload_pid"))
 
 
 def _alive(pid: int | None) -> bool:
@@ -93,51 +120,75 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool) -> int:
+    template = resources.files("fleetimg.registry_files").joinpath("config.yml.tmpl").read_text()
+    config = _dir() / f"config-{role}.yml"
+    config.write_text(Template(template).substitute(
+        rootdirectory=root, addr=addr, role=role, readonly="true" if readonly else "false"))
+    with (_dir() / f"registry-{role}.log").open("ab") as log:
+        proc = runmod.spawn([binary, "serve", str(config)], stdout=log, stderr=log,
+                            detach=True)
+    deadline = time.monotonic() + 20
+    while not _healthy(f"http://{addr}"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.terminate()
+            raise PushError(f"the registry ({role} side, {addr}) did not start (see "
+                            f"{_dir() / f'registry-{role}.log'})",
+                            hint=f"is the port already in use? `ss -ltnp | grep {addr}`")
+        time.sleep(0.2)
+    return proc.pid
+
+
 def registry_up(fleet: Fleet, on: str = "local") -> RegistryInfo:
     if on != "local":
         raise UsageError(
             f"--on {on}: a registry on a node is not available yet",
             hint="use --on local (the workstation runs it; nodes pull over the LAN)",
         )
-    host = address_towards(fleet.nodes[0])
+    host = fleet_address(fleet)
     current = read_info()
-    if current and _alive(current.pid) and _healthy(f"http://127.0.0.1:{PORT}"):
+    if (current and current.host == host and _alive(current.pid)
+            and _alive(current.upload_pid) and _healthy(current.url)
+            and _healthy(f"http://{current.upload_endpoint}")):
         return current
+    registry_down()  # a half-running or moved registry is restarted whole
     binary = runmod.require_tool("docker-registry")
     root = _dir() / "storage"
     root.mkdir(parents=True, exist_ok=True)
-    template = resources.files("fleetimg.registry_files").joinpath("config.yml.tmpl").read_text()
-    config = _dir() / "config.yml"
-    config.write_text(Template(template).substitute(rootdirectory=root, addr=f":{PORT}"))
-    log = (_dir() / "registry.log").open("ab")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while not _healthy(f"http://127.0.0.1:{PORT}"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise PushError(f"the registry did not start (see {_dir() / 'registry.log'})",
-                            hint=f"is port {PORT} already in use? `ss -ltnp | grep {PORT}`")
-        time.sleep(0.2)
-    info = RegistryInfo(host, PORT, proc.pid, root)
+    upload_pid = _start(binary, "upload", f"127.0.0.1:{UPLOAD_PORT}", root, readonly=False)
+    try:
+        pid = _start(binary, "fleet", f"{host}:{PORT}", root, readonly=True)
+    except BaseException:
+        _stop(upload_pid)
+        raise
+    info = RegistryInfo(host, PORT, pid, root, UPLOAD_PORT, upload_pid)
     (_dir() / "registry.json").write_text(json.dumps(
-        {"host": host, "port": PORT, "pid": proc.pid, "root": str(root)}))
+        {"host": host, "port": PORT, "pid": pid, "root": str(root),
+         "upload_port": UPLOAD_PORT, "upload_pid": upload_pid}))
     return info
+
+
+def _stop(pid: int | None) -> None:
+    if _alive(pid):
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
 
 
 def registry_down() -> bool:
     info = read_info()
     if info is None:
         return False
-    if _alive(info.pid):
-        assert info.pid is not None
-        os.kill(info.pid, signal.SIGTERM)
+    _stop(info.pid)
+    _stop(info.upload_pid)
     (_dir() / "registry.json").unlink(missing_ok=True)
     return True
 
 
 def require_registry() -> RegistryInfo:
     info = read_info()
-    if info is None or not _healthy(f"http://127.0.0.1:{info.port}"):
+    if info is None or not _healthy(info.url) or not _healthy(
+            f"http://{info.upload_endpoint}"):
         raise PushError("no fleetimg registry is running", hint="fleetimg registry up")
     return info
 
@@ -150,7 +201,7 @@ class RepoInfo:
 
 
 def registry_status(info: RegistryInfo) -> list[RepoInfo]:
-    base = f"http://127.0.0.1:{info.port}"
+    base = info.url
     try:
         catalog = requests.get(f"{base}/v2/_catalog", timeout=10).json().get("repositories", [])
         out = []
@@ -234,7 +285,7 @@ def registry_ref(image: LocalImage, host: str) -> str:
 
 
 def push_to_registry(image: LocalImage, info: RegistryInfo) -> str:
-    local_ref = registry_ref(image, f"127.0.0.1:{info.port}")
+    local_ref = registry_ref(image, info.upload_endpoint)
     runmod.run(["docker", "tag", image.id, local_ref])
     try:
         runmod.run(["docker", "push", local_ref], timeout=3600)

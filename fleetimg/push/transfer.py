@@ -19,15 +19,19 @@ from dataclasses import dataclass
 from typing import IO
 
 from fleetimg import run as runmod
+from fleetimg import stop
 from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
 from fleetimg.push.archive import filter_save_stream, skipped_members
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import K3S_IMPORT, K3S_LIST, Action, NodePlan, containerd_has
 from fleetimg.ssh import Ssh
+from fleetimg.units import human_bytes
 
 log = logging.getLogger("fleetimg.push")
 CHUNK = 1 << 20
+# Removing a temporary name after a failure or a stop must not keep the user waiting.
+CLEANUP_TIMEOUT = 5
 
 Progress = Callable[[int], None]  # uncompressed bytes just handled
 
@@ -76,9 +80,10 @@ def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
     """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
     out = stream(ssh, plan, image, remote_cmd, skip_layers=skip_layers, repo_tag=repo_tag,
                  progress=progress)
+    stop.check()  # the pipeline was ended by a stop, not by the node
     if out.rc != 0 or out.broken:
         tail = " / ".join(out.output.strip().splitlines()[-2:]) or "connection lost"
-        raise PushError(f"{plan.node.name}: transfer failed after {out.sent >> 20} MB ({tail})",
+        raise PushError(f"{plan.node.name}: transfer failed after {human_bytes(out.sent)} ({tail})",
                         hint="run again: only what is still missing is sent")
     if out.failure is not None:
         raise PushError(f"{plan.node.name}: reading the local image failed: {out.failure}")
@@ -175,8 +180,9 @@ def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
                 timeout=60)
     except FleetimgError:
         # The node may be gone; a leftover temporary name is harmless and never the real tag.
-        with contextlib.suppress(FleetimgError):
-            ssh.run(node, f"{d} rmi {temp} >/dev/null 2>&1 || true", timeout=20, check=False)
+        with contextlib.suppress(FleetimgError), stop.cleanup():
+            ssh.run(node, f"{d} rmi {temp} >/dev/null 2>&1 || true", timeout=CLEANUP_TIMEOUT,
+                    check=False)
         raise
 
 
@@ -199,9 +205,9 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
                             repo_tag=stream_tag(plan, image), progress=progress)
     except FleetimgError:
         if not k3s:
-            with contextlib.suppress(FleetimgError):
+            with contextlib.suppress(FleetimgError), stop.cleanup():
                 ssh.run(node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 "
-                        "|| true", timeout=20, check=False)
+                        "|| true", timeout=CLEANUP_TIMEOUT, check=False)
         raise
     finish(ssh, plan, image)
     return NodeResult(node.name, "imported" if k3s else "loaded", sent, raw,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetimg.errors import DiskError
+from fleetimg.units import human_bytes
 
 SYS_BLOCK = Path("/sys/class/block")
 LARGE_DRIVE = 128 * 10**9
@@ -41,6 +42,7 @@ class Drive:
     system: bool
     model: str | None = None
     bus: str | None = None
+    backing_file: Path | None = None  # a loop device's file
 
     @property
     def description(self) -> str:
@@ -184,14 +186,35 @@ def describe(path: Path) -> Drive:
         system=disk in system_disks,
         model=model,
         bus=props.get("ID_BUS") or None,
+        backing_file=_backing_file(disk),
     )
 
 
+def _backing_file(disk: str) -> Path | None:
+    text = _read(SYS_BLOCK / disk / "loop" / "backing_file")
+    return Path(text) if text else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_drive(
-    drive: Drive, *, image_bytes: int, source: Path, allow_non_removable: bool
+    drive: Drive, *, image_bytes: int, source: Path, allow_non_removable: bool,
+    also_sources: tuple[Path, ...] = (),
 ) -> list[str]:
-    """Raise DriveRefused with the first reason not to write; return warnings otherwise."""
+    """Raise DriveRefused with the first reason not to write; return warnings otherwise.
+
+    `also_sources`: other files the source came from (a compressed original)."""
     p = drive.path
+    if drive.backing_file is not None and any(
+            _same_file(drive.backing_file, s) for s in (source, *also_sources)):
+        raise DriveRefused(f"{p} is a loop device backed by the source image "
+                           f"{drive.backing_file}: writing it would overwrite the source",
+                           hint="write to another card or image file")
     if drive.partition_of is not None:
         raise DriveRefused(f"{p} is a partition of /dev/{drive.partition_of}, not a whole disk",
                            hint=f"write to /dev/{drive.partition_of} (every partition is "
@@ -211,15 +234,15 @@ def check_drive(
     if drive.name in _disks_holding(source) or drive.partition_of in _disks_holding(source):
         raise DriveRefused(f"{p} holds the source image {source}")
     if drive.size < image_bytes:
-        raise DriveRefused(f"{p} is too small: {drive.size / 1e9:.2f} GB for an image of "
-                           f"{image_bytes / 1e9:.2f} GB", hint="use a larger card")
+        raise DriveRefused(f"{p} is too small: {human_bytes(drive.size)} for an image of "
+                           f"{human_bytes(image_bytes)}", hint="use a larger card")
     if not drive.removable and not allow_non_removable:
         raise DriveRefused(f"{p} is not a removable drive",
                            hint="if it really is your SD card reader, add "
                            "--allow-non-removable")
     warnings = []
     if drive.size > LARGE_DRIVE:
-        warnings.append(f"{p} is {drive.size / 1e9:.0f} GB: larger than SD cards usually are; "
+        warnings.append(f"{p} is {human_bytes(drive.size)}: larger than SD cards usually are; "
                         "make sure it is the card")
     return warnings
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetimg import stop
 from fleetimg.errors import DiskError, UsageError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.parallel import NodeOutcome, for_each_node
@@ -48,6 +49,7 @@ class SdcardOptions:
     verify: bool = True
     allow_cloned: bool = False
     allow_non_removable: bool = False
+    force: bool = False  # replace an existing image file
 
 
 @dataclass(frozen=True)
@@ -131,18 +133,24 @@ def plan_card(
         drive = drives.describe(target)
         warnings += drives.check_drive(
             drive, image_bytes=source.plan.image_bytes, source=source.raw,
-            allow_non_removable=options.allow_non_removable,
+            allow_non_removable=options.allow_non_removable, also_sources=(source.original,),
         )
     else:
-        if target.resolve() in (source.raw.resolve(), source.original.resolve()):
-            raise drives.DriveRefused(f"{target} is the source image itself")
+        if target.resolve() in (source.raw.resolve(), source.original.resolve()) or any(
+                target.exists() and os.path.samefile(target, s)
+                for s in (source.raw, source.original)):
+            raise drives.DriveRefused(f"{target} is the source image itself",
+                                      hint="name a new file for the card image")
         if not target.parent.is_dir():
             raise UsageError(f"{target.parent} does not exist",
                              hint="create the directory first")
         if target.exists():
             if not target.is_file():
                 raise drives.DriveRefused(f"{target} exists and is not a regular file")
-            warnings.append(f"{target} exists and will be replaced")
+            if not options.force:
+                raise drives.DriveRefused(f"{target} already exists",
+                                          hint="add --force to replace it, or name a new file")
+            warnings.append(f"{target} exists and will be replaced (--force)")
     overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset),
                             reset_identity=options.allow_cloned and source.report.booted)
     return CardPlan(node, target, drive, tuple(warnings), source, overlay)
@@ -173,10 +181,16 @@ def write_card(plan: CardPlan, options: SdcardOptions,
         verify_overlay(fs, plan.overlay)
         report("overlay", len(plan.overlay.files), len(plan.overlay.files))
     except BaseException:
+        # A half-written card never looks finished: an image file's .part goes, and a
+        # device is named as unfinished (it holds part of an image and will not boot).
         if not plan.is_device:
             written_path.unlink(missing_ok=True)
+        elif stop.requested():
+            stop.note_unfinished(f"{plan.node.name}: {plan.target} was only partly written "
+                                 "and will not boot; write it again")
         raise
     if not plan.is_device:
+        stop.check()
         written_path.replace(plan.target)
     return CardResult(
         node=plan.node.name, target=str(plan.target), image_bytes=wplan.image_bytes,

@@ -9,11 +9,14 @@ import gzip
 import hashlib
 import lzma
 import os
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, cast
 
+from fleetimg import stop
 from fleetimg.errors import DiskError
 from fleetimg.paths import state_dir
 
@@ -65,12 +68,34 @@ def resolve_source(path: Path, progress: Progress | None = None) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
+    # Each run decompresses into its own temporary file: two runs on the same image must not
+    # share (and delete) one .part. Whoever finishes first renames; the other's rename
+    # replaces it with identical bytes.
+    fd, tmp = tempfile.mkstemp(prefix=f"{out.name}.", suffix=".part", dir=out.parent)
+    part = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            done = _decompress(path, dst, progress)
+            dst.truncate(done)
+        part.replace(out)
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, zlib.error) as exc:
+        part.unlink(missing_ok=True)
+        raise DiskError(f"{path}: cannot decompress: {exc}",
+                        hint="the download may be incomplete or damaged; download it again "
+                        "and check its checksum") from exc
+    except BaseException:
+        part.unlink(missing_ok=True)  # Ctrl-C: no half-decompressed image left behind
+        raise
+    return out
+
+
+def _decompress(path: Path, dst: IO[bytes], progress: Progress | None) -> int:
     stream, total, zf = _open_compressed(path)
     try:
-        with stream, part.open("wb") as dst:
+        with stream:
             done = 0
             while True:
+                stop.check()
                 block = stream.read(CHUNK)
                 if not block:
                     break
@@ -82,13 +107,9 @@ def resolve_source(path: Path, progress: Progress | None = None) -> Path:
                 done += len(block)
                 if progress:
                     progress(done, total or done)
-            dst.truncate(done)
-    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as exc:
-        part.unlink(missing_ok=True)
-        raise DiskError(f"{path}: cannot decompress: {exc}",
-                        hint="the download may be incomplete; check its checksum") from exc
+        if total and done != total:
+            raise EOFError(f"{done} of {total} bytes")
+        return done
     finally:
         if zf is not None:
             zf.close()
-    part.replace(out)
-    return out

@@ -8,6 +8,7 @@ ranges are hashed on the way in and read back from the target to verify.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetimg import private, stop
 from fleetimg.errors import DiskError
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import PartitionTable, read_table
@@ -92,19 +94,23 @@ def open_file_target(path: Path, size: int) -> int:
     """An image file target: created sparse at the image's size, written in place."""
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise DiskError(f"{path} exists and is not a regular file")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # 0600: the card's overlay holds fleet secrets (internal key, K3s token, password hash).
+    fd = private.open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     os.ftruncate(fd, size)
     return fd
 
 
 def _read_ahead(path: Path, chunks: list[tuple[int, int]],
-                out: queue.Queue[tuple[int, bytes] | BaseException | None]) -> None:
+                out: queue.Queue[tuple[int, bytes] | BaseException | None],
+                cancelled: threading.Event) -> None:
     """Reader thread: the source is read while the previous chunk is being written."""
     try:
         src = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             for offset, n in chunks:
+                if cancelled.is_set():
+                    return
                 data = os.pread(src, n, offset)
                 if len(data) != n:
                     raise DiskError(f"{path}: short read at {offset}")
@@ -117,27 +123,38 @@ def _read_ahead(path: Path, chunks: list[tuple[int, int]],
 
 
 def write_mapped(plan: WritePlan, target_fd: int, progress: Progress | None = None) -> str:
-    """Copy the mapped ranges; returns the sha256 of everything written, in order."""
+    """Copy the mapped ranges; returns the sha256 of everything written, in order.
+
+    Checks for a stop before every chunk: Ctrl-C ends a card write within one chunk."""
     digest = hashlib.sha256()
     chunks: queue.Queue[tuple[int, bytes] | BaseException | None] = queue.Queue(maxsize=8)
+    cancelled = threading.Event()
     reader = threading.Thread(target=_read_ahead, args=(plan.source, _iter_chunks(plan.ranges),
-                                                        chunks), daemon=True)
+                                                        chunks, cancelled), daemon=True)
     reader.start()
-    while True:
-        item = chunks.get()
-        if item is None:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        offset, data = item
-        digest.update(data)
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(target_fd, view[written:], offset + written)
-        if progress:
-            progress(len(data))
-    reader.join()
+    try:
+        while True:
+            stop.check()
+            item = chunks.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            offset, data = item
+            digest.update(data)
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(target_fd, view[written:], offset + written)
+            if progress:
+                progress(len(data))
+    finally:
+        # On any early exit the reader may be blocked on a full queue: release it.
+        cancelled.set()
+        while reader.is_alive():
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.05)
+        reader.join()
     os.fsync(target_fd)
     return digest.hexdigest()
 
@@ -160,6 +177,7 @@ def verify_mapped(plan: WritePlan, target: Path, expected: str,
     buf = mmap.mmap(-1, CHUNK)  # page-aligned, as O_DIRECT requires
     try:
         for offset, n in _iter_chunks(plan.ranges):
+            stop.check()
             view = memoryview(buf)[:n]
             if os.preadv(fd, [view], offset) != n:
                 raise DiskError(f"{target}: short read at {offset} while verifying")

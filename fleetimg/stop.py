@@ -1,0 +1,145 @@
+"""Stopping: Ctrl-C and SIGTERM end a command within seconds, whatever thread does the work.
+
+Python delivers a signal to the main thread only, while pushes and card writes run in
+thread-pool workers that the pool then waits for. So the first signal sets one process-wide
+flag and ends every child process fleetimg started (docker save, zstd, ssh, debugfs); the
+workers see their pipes close, and every external command or write loop checks the flag
+before going on, so nothing is re-fed, tagged or renamed after a stop. Only work marked as
+cleanup (removing a temporary tag, a `.part` file) still runs, with short timeouts. A second
+signal kills what is left and exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import weakref
+from collections.abc import Iterator
+from types import FrameType
+
+from fleetimg.errors import FleetimgError
+
+# Children get this long after SIGTERM before SIGKILL: enough for ssh to close its channel.
+KILL_GRACE_SECONDS = 1.5
+
+_requested = threading.Event()
+_signum = 0
+_children: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+_lock = threading.Lock()
+_local = threading.local()
+_unfinished: list[str] = []
+
+
+class Interrupted(FleetimgError):
+    """The user stopped fleetimg (Ctrl-C, SIGTERM); raised where work would otherwise go on."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+
+def requested() -> bool:
+    return _requested.is_set()
+
+
+def exit_code() -> int:
+    """128 + the signal, as a shell reports it: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + (_signum or signal.SIGINT)
+
+
+def check() -> None:
+    """Raise Interrupted once a stop was requested, except inside cleanup()."""
+    if _requested.is_set() and not getattr(_local, "cleanup", False):
+        raise Interrupted()
+
+
+@contextlib.contextmanager
+def cleanup() -> Iterator[None]:
+    """Work that must still run after a stop (undoing a half-done step) in this thread."""
+    before = getattr(_local, "cleanup", False)
+    _local.cleanup = True
+    try:
+        yield
+    finally:
+        _local.cleanup = before
+
+
+def track(proc: subprocess.Popen[bytes]) -> None:
+    """Register a child so a stop ends it; one started after the stop is ended at once.
+
+    Kept weakly: a finished child the caller dropped needs no untracking.
+    """
+    with _lock:
+        _children.add(proc)
+        late = _requested.is_set() and not getattr(_local, "cleanup", False)
+    if late:
+        _end(proc, signal.SIGTERM)
+
+
+def note_unfinished(text: str) -> None:
+    """Something a stop left half-done that the user must know about (a partly written card)."""
+    with _lock:
+        _unfinished.append(text)
+
+
+def unfinished() -> list[str]:
+    with _lock:
+        return list(_unfinished)
+
+
+def _end(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(OSError):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+
+
+def request(signum: int = signal.SIGINT) -> None:
+    """Stop: set the flag and end every tracked child (SIGTERM, then SIGKILL after a grace)."""
+    global _signum
+    with _lock:
+        first = not _requested.is_set()
+        if first:
+            _signum = signum
+            _requested.set()
+        children = list(_children)
+    for proc in children:
+        _end(proc, signal.SIGTERM)
+    if first:
+        timer = threading.Timer(KILL_GRACE_SECONDS, _kill_all)
+        timer.daemon = True
+        timer.start()
+
+
+def _kill_all() -> None:
+    with _lock:
+        children = list(_children)
+    for proc in children:
+        _end(proc, signal.SIGKILL)
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _requested.is_set():
+        # The second Ctrl-C: the user does not want to wait for cleanup.
+        _kill_all()
+        os._exit(128 + signum)
+    request(signum)
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM here; call once, from the main thread."""
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def reset() -> None:
+    """Forget a stop (tests that request one in-process)."""
+    global _signum
+    with _lock:
+        _requested.clear()
+        _signum = 0
+        _unfinished.clear()
