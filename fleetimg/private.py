@@ -12,6 +12,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from fleetimg import run as runmod
+
 PRIVATE_MODE = 0o600
 
 
@@ -71,3 +73,14 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def new_keypair(path: Path, comment: str) -> None:
+    """An ed25519 key pair without passphrase (machines use it), unless it exists: the
+    private half 0600 and, like the public half, the invoking user's."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    secure(path)
+    hand_over(path.with_name(path.name + ".pub"))

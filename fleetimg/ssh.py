@@ -45,6 +45,7 @@ class Ssh:
     def __init__(self, options: SshOptions) -> None:
         self.options = options
         self._locks: dict[str, threading.Lock] = {}
+        self._answering: set[str] = set()  # nodes whose master this process has seen work
         self._guard = threading.Lock()
         control_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
         options.known_hosts.parent.mkdir(parents=True, exist_ok=True)
@@ -87,11 +88,36 @@ class Ssh:
                 [*self.base_argv(node), "-O", "check", self.destination(node)], check=False
             )
             if check.returncode == 0:
-                return
+                if node.name in self._answering:
+                    return
+                self._check_master(node)
+                if node.name in self._answering:
+                    return
             argv = [*self.base_argv(node, master="yes"), "-f", "-N", self.destination(node)]
             rc, stderr = runmod.run_detached(argv)
             if rc != 0:
                 raise self._classify(node, stderr)
+            self._answering.add(node.name)
+
+    def _check_master(self, node: Node) -> None:
+        """A master left by an earlier run may lead to a board that stopped answering (hung,
+        paused): commands through it would wait for the keepalives (~30 s). One round trip,
+        bounded by the connect timeout, tells; a dead-end master is closed."""
+        timeout = self.options.connect_timeout
+        try:
+            ok = runmod.run([*self.base_argv(node), self.destination(node), "true"],
+                            check=False, timeout=timeout).returncode == 0
+        except CommandError:  # timed out
+            self.disconnect(node)
+            raise ConnectionFailed(
+                f"{node.name} ({node.address}): not answering: no reply in {timeout} s over "
+                "its open SSH connection",
+                hint=f"is the board hung or frozen? try `ping {node.address}`; "
+                "FLEETIMG_SSH_TIMEOUT sets how long to wait") from None
+        if ok:
+            self._answering.add(node.name)
+        else:
+            self.disconnect(node)  # broken master: a fresh one is opened below
 
     def _classify(self, node: Node, stderr: str) -> ConnectionFailed:
         # ssh reports everything as exit 255 with text on stderr; there is no typed error.
@@ -159,6 +185,7 @@ class Ssh:
         return runmod.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
     def disconnect(self, node: Node) -> None:
+        self._answering.discard(node.name)
         runmod.run(
             [*self.base_argv(node), "-O", "exit", self.destination(node)], check=False
         )

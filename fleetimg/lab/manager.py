@@ -23,9 +23,10 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
+from fleetimg import private
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, LabError
-from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, load
+from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
 from fleetimg.paths import state_dir
@@ -113,25 +114,18 @@ def _validate(config: LabConfig) -> None:
                        hint="the machine has 2 cores; 3 to 8 nodes is plenty")
 
 
-def _keygen(path: Path, comment: str) -> None:
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-
-
 def _write_files(config: LabConfig) -> None:
     d = config.dir
     d.mkdir(parents=True, exist_ok=True)
-    _keygen(d / "id_ed25519", f"fleetimg-{config.name}")
+    private.new_keypair(d / "id_ed25519", f"fleetimg-{config.name}")
     # The fleet-internal key, as `fleetimg sdcard` installs it with internal_ssh_key: every
     # node holds it and accepts it, so nodes can relay pushes to each other.
     internal = d / INTERNAL_KEY_NAME
-    _keygen(internal, f"fleetimg-{config.name}-internal")
+    private.new_keypair(internal, f"fleetimg-{config.name}-internal")
     known: list[str] = []
     for i in range(1, config.nodes + 1):
         node_dir = d / f"node{i}"
-        _keygen(node_dir / "ssh_host_ed25519_key", f"node{i}")
+        private.new_keypair(node_dir / "ssh_host_ed25519_key", f"node{i}")
         (node_dir / "authorized_keys").write_text(
             (d / "id_ed25519.pub").read_text()
             + internal.with_name(internal.name + ".pub").read_text())
@@ -252,18 +246,36 @@ def _start_node(
     container.start()
 
 
-def _wait_ready(fleet: Fleet, timeout: float = 120) -> None:
+# A node whose sshd answers but whose engine does not for this long is restarted (once):
+# dockerd inside a lab node can die (killed, out of memory) while the container runs on.
+ENGINE_GRACE_SECONDS = 10.0
+
+
+def _wait_ready(fleet: Fleet, revive: Callable[[Node], None], timeout: float = 120) -> None:
     ssh = Ssh(SshOptions(known_hosts=fleet.known_hosts, connect_timeout=3))
     deadline = time.monotonic() + timeout
     pending = list(fleet.nodes)
     last_error: FleetimgError | None = None
+    engine_down_since: dict[str, float] = {}
+    revived: set[str] = set()
     while pending and time.monotonic() < deadline:
         node = pending[0]
         try:
-            # Ready means: sshd answers with the expected key and the node's engine is up.
-            ssh.run(node, "docker version --format '{{.Server.Version}}'", timeout=10)
+            ssh.run(node, "true", timeout=10)
         except FleetimgError as exc:
             last_error = exc
+            time.sleep(0.5)
+            continue
+        # Ready means: sshd answers with the expected key and the node's engine is up.
+        probe = ssh.run(node, "docker version --format '{{.Server.Version}}'", timeout=10,
+                        check=False)
+        if probe.returncode != 0:
+            since = engine_down_since.setdefault(node.name, time.monotonic())
+            if time.monotonic() - since > ENGINE_GRACE_SECONDS and node.name not in revived:
+                revived.add(node.name)
+                ssh.disconnect(node)
+                revive(node)
+            last_error = LabError(f"{node.name}: Docker engine not answering")
             time.sleep(0.5)
             continue
         pending.pop(0)
@@ -294,7 +306,13 @@ def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -
                 _remove_volume(client, f"{extra.name}-{suffix}")
     fleet = load(config.fleet_file)
     on_step("waiting for sshd and Docker on every node")
-    _wait_ready(fleet)
+
+    def revive(node: Node) -> None:
+        on_step(f"{node.name}: sshd answers but its Docker engine does not; restarting the node")
+        client.containers.get(config.container(int(node.name.removeprefix("node")))).restart(
+            timeout=5)
+
+    _wait_ready(fleet, revive)
     return fleet
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import shlex
 import subprocess
 import tempfile
@@ -49,8 +51,13 @@ class NodeResult:
     note: str = ""
 
 
+# Each fleetimg process loads under its own temporary name: two pushes of one image at once
+# must not take (and remove) each other's, which made one of them re-feed and report 0 B.
+_RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(2)}"
+
+
 def incoming_tag(image: LocalImage) -> str:
-    return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}"
+    return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}-{_RUN_TOKEN}"
 
 
 @dataclass(frozen=True)

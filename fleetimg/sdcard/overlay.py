@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from fleetimg import run as runmod
+from fleetimg import private
 from fleetimg.errors import DiskError, UsageError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, Role, Runtime, SdcardSettings
 from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, SymlinkSpec
@@ -76,9 +76,7 @@ class _Accounts:
 def internal_key(fleet: Fleet) -> Path:
     """The fleet-internal key pair for node-to-node SSH, created once beside fleet.toml."""
     key = fleet.base_dir / INTERNAL_KEY_NAME
-    if not key.exists():
-        runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                    f"fleetimg-{fleet.name}-internal", "-f", str(key)])
+    private.new_keypair(key, f"fleetimg-{fleet.name}-internal")
     return key
 
 
