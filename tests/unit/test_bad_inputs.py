@@ -1,0 +1,103 @@
+"""Bad inputs found by a hostile test pass: each is one line with a hint, never a traceback,
+never damage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetimg import inventory
+from fleetimg.cli.render import node_message
+from fleetimg.errors import InventoryError
+from tests.unit.test_cli import assert_clean_error, fleetimg
+
+HASH = ("$6$abcdefgh$" + "A" * 86)
+
+
+def starter(tmp_path: Path, replace: tuple[str, str] | None = None, extra: str = "") -> Path:
+    text = inventory.starter_toml(nodes=2, subnet="192.168.10.0/24")
+    if replace:
+        assert replace[0] in text
+        text = text.replace(*replace)
+    path = tmp_path / "fleet.toml"
+    path.write_text(text.replace("[sdcard]\n", "[sdcard]\n" + extra + "\n"))
+    return path
+
+
+def test_non_utf8_inventory_is_one_line(tmp_path: Path) -> None:
+    inv = starter(tmp_path)
+    inv.write_bytes(inv.read_bytes().replace(b'"jetson-fleet"', b'"fl\xe8et"'))
+    proc = fleetimg("-i", str(inv), "nodes")
+    assert_clean_error(proc, 2, "not UTF-8", "hint:")
+    assert len(proc.stderr.splitlines()) == 2
+
+
+def test_inventory_directory_is_one_line(tmp_path: Path) -> None:
+    proc = fleetimg("-i", str(tmp_path), "nodes")
+    assert_clean_error(proc, 2, "is a directory")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1e3", "99999"])
+def test_bad_ssh_timeout_is_one_line(tmp_path: Path, value: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = starter(tmp_path)
+    monkeypatch.setenv("FLEETIMG_SSH_TIMEOUT", value)
+    proc = fleetimg("-i", str(inv), "nodes", "probe")
+    assert_clean_error(proc, 2, "FLEETIMG_SSH_TIMEOUT", "hint:")
+
+
+@pytest.mark.parametrize("value", [
+    f"{HASH}:0:0:99999",  # would forge the shadow line's other fields
+    f"{HASH}\\nroot::0:0:99999:7:::",  # would add a passwordless root line
+    "$6$x",  # a prefix is not a hash
+    "$1$abcdefgh$" + "A" * 22,  # MD5
+    "$y$j9T$abc$def",  # yescrypt: JetPack 4's glibc cannot check it
+    HASH[:20] + "\\u0007" + HASH[20:],  # a control character inside
+])
+def test_password_hash_must_be_one_sha512_crypt_string(tmp_path: Path, value: str) -> None:
+    inv = starter(tmp_path, extra=f'password_hash = "{value}"')
+    with pytest.raises(InventoryError, match="sdcard.password_hash"):
+        inventory.load(inv)
+
+
+def test_real_sha512_hashes_are_accepted(tmp_path: Path) -> None:
+    rounds = "$6$rounds=5000$saltsalt$" + "b" * 86
+    for value in (HASH, rounds):
+        fleet = inventory.load(starter(tmp_path, extra=f'password_hash = "{value}"'))
+        assert fleet.sdcard.password_hash == value
+
+
+@pytest.mark.parametrize("release", ["R99.1", "R1.0", "R33.1"])
+def test_unknown_l4t_family_is_refused(tmp_path: Path, release: str) -> None:
+    inv = starter(tmp_path, ('l4t = "R32.7.1"', f'l4t = "{release}"'))
+    proc = fleetimg("-i", str(inv), "nodes")
+    assert_clean_error(proc, 2, "fleet.l4t", "not an L4T release fleetimg knows")
+
+
+def test_newer_point_release_of_a_known_family_is_accepted(tmp_path: Path) -> None:
+    fleet = inventory.load(starter(tmp_path, ('l4t = "R32.7.1"', 'l4t = "R32.7.9"')))
+    assert str(fleet.nodes[0].l4t) == "R32.7.9"
+
+
+def test_bad_fleet_user_is_reported_where_it_is_written(tmp_path: Path) -> None:
+    inv = starter(tmp_path, ('user = "jetson"', 'user = "Bad User"'))
+    with pytest.raises(InventoryError) as info:
+        inventory.load(inv)
+    assert "fleet.user" in info.value.message
+    assert "sdcard.user" not in info.value.message
+
+
+def test_bad_sdcard_user_is_reported_there(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="sdcard.user"):
+        inventory.load(starter(tmp_path, extra='user = "x:y"'))
+
+
+@pytest.mark.parametrize(("message", "line"), [
+    ("node2: refused: L4T mismatch", "node2: refused: L4T mismatch"),
+    ("node2 (10.0.0.2:22): cannot connect", "node2 (10.0.0.2:22): cannot connect"),
+    ("disk full", "node2: disk full"),
+    ("node20: other node", "node2: node20: other node"),
+])
+def test_failure_lines_name_the_node_once(message: str, line: str) -> None:
+    assert node_message("node2", message) == line

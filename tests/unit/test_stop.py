@@ -1,0 +1,97 @@
+"""fleetimg.stop with real child processes: a stop ends what runs and starts nothing new."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleetimg import run as runmod
+from fleetimg import stop
+
+
+@pytest.fixture(autouse=True)
+def fresh_stop() -> Iterator[None]:
+    stop.reset()
+    yield
+    stop.reset()
+
+
+def test_stop_ends_a_running_child_and_the_command_reports_interrupted() -> None:
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            runmod.run(["sleep", "30"])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not list(stop._children) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    stop.request(signal.SIGTERM)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 3
+    # The killed child is not reported as the command's own failure.
+    assert len(outcome) == 1 and isinstance(outcome[0], stop.Interrupted)
+    assert stop.exit_code() == 143
+
+
+def test_nothing_new_starts_after_a_stop_except_cleanup() -> None:
+    stop.request(signal.SIGINT)
+    with pytest.raises(stop.Interrupted):
+        runmod.run(["true"])
+    with pytest.raises(stop.Interrupted):
+        runmod.spawn(["true"])
+    with stop.cleanup():
+        assert runmod.run(["echo", "undo"]).stdout == "undo\n"
+    assert stop.exit_code() == 130
+
+
+def test_spawned_stream_is_ended_but_a_detached_service_is_not() -> None:
+    stream = runmod.spawn(["sleep", "30"])
+    service = runmod.spawn(["sleep", "30"], stdout=subprocess.DEVNULL, detach=True)
+    try:
+        stop.request()
+        assert stream.wait(timeout=5) != 0
+        assert service.poll() is None
+    finally:
+        service.kill()
+        service.wait()
+
+
+def test_child_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+    stubborn = runmod.spawn(["sh", "-c", "trap '' TERM; echo ready; sleep 30"])
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    stop.request()
+    assert stubborn.wait(timeout=stop.KILL_GRACE_SECONDS + 5) == -signal.SIGKILL
+
+
+def test_second_signal_exits_at_once() -> None:
+    # A real process: the first SIGINT starts a stop whose cleanup hangs; the second ends it.
+    script = (
+        "import os, signal, sys, time\n"
+        "from fleetimg import stop, run\n"
+        "stop.install()\n"
+        "try:\n"
+        "    print('ready', flush=True)\n"
+        "    run.run(['sleep', '30'])\n"
+        "except BaseException:\n"
+        "    print('stopping', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline() == "stopping\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 130
