@@ -136,7 +136,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
         raise UsageError("no SD card image given",
                          hint="pass --image FILE or set [sdcard] image in fleet.toml")
     bar = None
-    if not as_json and is_compressed(src):
+    if not as_json and is_compressed(src) and sys.stderr.isatty():
         bar = tqdm(desc="decompress", unit="B", unit_scale=True, leave=False)
 
     def on_decompress(done: int, total: int) -> None:
@@ -145,9 +145,11 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
             bar.n = done
             bar.refresh()
 
-    source = prepare_source(src, on_decompress)
-    if bar is not None:
-        bar.close()
+    try:
+        source = prepare_source(src, on_decompress)
+    finally:
+        if bar is not None:
+            bar.close()
     options = SdcardOptions(verify=not no_verify, allow_cloned=allow_cloned,
                             allow_non_removable=allow_non_removable, force=force)
     plans = [plan_card(fleet, n, t, source, options) for n, t in pairs]

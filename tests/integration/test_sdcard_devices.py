@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -208,3 +210,44 @@ def test_several_cards_in_parallel(
     assert proc.stdout.count(" ok") >= 2
     assert Ext4(a, APP_START * 512).read_text("/etc/hostname") == "node1\n"
     assert Ext4(b, APP_START * 512).read_text("/etc/hostname") == "node3\n"
+
+
+def test_loop_device_backed_by_the_source_is_refused(
+    loops: Loops, make_fleet: Callable[..., Fleet], jetson_image: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.img"
+    source.write_bytes(jetson_image.read_bytes())
+    before = digest(source)
+    dev = Path(runmod.run(["losetup", "-f", "--show", str(source)]).stdout.strip())
+    loops.devices.append(str(dev))
+    proc = sdcard(make_fleet(), "--node", "node1", "--image", str(source), str(dev), "--yes",
+                  "--allow-non-removable")
+    assert_refused(proc, "backed by the source image")
+    assert digest(source) == before
+
+
+def test_interrupted_device_write_is_reported_unfinished(
+    loops: Loops, make_fleet: Callable[..., Fleet], large_image: Path
+) -> None:
+    dev, _ = loops.attach(1200 << 20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetimg", "-i", str(make_fleet().path), "sdcard", "--node",
+         "node1", "--image", str(large_image), str(dev), "--yes", "--allow-non-removable"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    # Wait until the card is being written: the image's first bytes are on the device.
+    with large_image.open("rb") as fh:
+        head = fh.read(4096)
+    deadline = time.monotonic() + 60
+    while _head(dev) != head:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert f"unfinished: node1: {dev} was only partly written" in stderr
+
+
+def _head(dev: Path) -> bytes:
+    with dev.open("rb") as fh:  # the block device's page cache shows writes at once
+        return fh.read(4096)

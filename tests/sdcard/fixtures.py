@@ -30,6 +30,12 @@ def booted_image(images: Path) -> Path:
     return build_test_image(images / "booted.img", booted=True)
 
 
+@pytest.fixture(scope="session")
+def large_image(images: Path) -> Path:
+    """An image whose write, verify and overlay take seconds: 512 MB of real blocks."""
+    return build_test_image(images / "large.img", app_size=1 << 30, payload=512 << 20)
+
+
 @pytest.fixture
 def make_fleet(tmp_path: Path) -> Callable[..., Fleet]:
     """An inventory in tmp_path with a real key pair; extra TOML goes into [sdcard]."""

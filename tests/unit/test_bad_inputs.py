@@ -57,7 +57,7 @@ def test_bad_ssh_timeout_is_one_line(tmp_path: Path, value: str,
 ])
 def test_password_hash_must_be_one_sha512_crypt_string(tmp_path: Path, value: str) -> None:
     inv = starter(tmp_path, extra=f'password_hash = "{value}"')
-    with pytest.raises(InventoryError, match="sdcard.password_hash"):
+    with pytest.raises(InventoryError, match=r"sdcard\.password_hash"):
         inventory.load(inv)
 
 
@@ -89,7 +89,7 @@ def test_bad_fleet_user_is_reported_where_it_is_written(tmp_path: Path) -> None:
 
 
 def test_bad_sdcard_user_is_reported_there(tmp_path: Path) -> None:
-    with pytest.raises(InventoryError, match="sdcard.user"):
+    with pytest.raises(InventoryError, match=r"sdcard\.user"):
         inventory.load(starter(tmp_path, extra='user = "x:y"'))
 
 
