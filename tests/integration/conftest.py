@@ -23,7 +23,9 @@ from tests.integration.images import ensure_arm64_mini_image
 
 pytestmark = pytest.mark.integration
 
-LAB_SUBNET = "172.29.214.0/24"
+# Another name and subnet let a second checkout run its suite beside this one.
+LAB_NAME = os.environ.get("FLEETIMG_ITEST_LAB", "itest")
+LAB_SUBNET = os.environ.get("FLEETIMG_ITEST_SUBNET", "172.29.214.0/24")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,7 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def lab_config(tmp_path_factory: pytest.TempPathFactory) -> LabConfig:
-    return LabConfig(name="itest", nodes=3, subnet=LAB_SUBNET,
+    return LabConfig(name=LAB_NAME, nodes=3, subnet=LAB_SUBNET,
                      directory=tmp_path_factory.mktemp("lab"))
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet, load
+from fleetimg.lab.manager import LabConfig
 from fleetimg.push.engine import PushOptions, execute, preflight
 from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
@@ -160,13 +161,13 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
 
 
 def test_node_dying_mid_transfer_is_reported_and_leaves_no_tag(
-    lab_fleet: Fleet, ssh: Ssh, lab_config: object, docker_client: docker.DockerClient
+    lab_fleet: Fleet, ssh: Ssh, lab_config: LabConfig, docker_client: docker.DockerClient
 ) -> None:
     big = build_app_image("fleetimg-test/push-app:big", app="print('big')\n", blob_mb=48)
     image = resolve_image(docker_client, big)
     options = PushOptions(parallel=3)
     plans = preflight(ssh, lab_fleet.nodes, image, options)
-    victim = docker_client.containers.get("fleetimg-itest-node2")
+    victim = docker_client.containers.get(lab_config.container(2))
     killed = []
 
     def progress_for(plan: NodePlan):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ import pytest
 
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet
+from fleetimg.lab.manager import LabConfig
 from fleetimg.push.engine import PushOptions, execute, preflight
 from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
@@ -196,14 +197,14 @@ def test_relay_without_a_chosen_login_is_refused_before_sending(lab_fleet: Fleet
 
 
 def test_relay_node_killed_mid_transfer_downstream_still_finishes(
-    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
 ) -> None:
     big = build_app_image("fleetimg-test/relay:kill", app="print('kill')\n", blob_mb=64)
     image = resolve_image(docker_client, big)
     options = PushOptions(parallel=3, fanout=Fanout("chain"),
                           relay_auth=RelayAuth.INTERNAL_KEY)
     plans = preflight(ssh, lab_fleet.nodes, image, options)
-    victim = docker_client.containers.get("fleetimg-itest-node2")
+    victim = docker_client.containers.get(lab_config.container(2))
     handled = [0]
 
     def progress_for(plan: NodePlan) -> Progress | None:
