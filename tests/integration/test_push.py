@@ -6,12 +6,16 @@ The tests run in file order and build on each other's state, as a user's pushes 
 from __future__ import annotations
 
 import io
+import ipaddress
 import shutil
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet, load
@@ -19,6 +23,7 @@ from fleetimg.lab.manager import LabConfig
 from fleetimg.push.engine import PushOptions, execute, preflight
 from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
+from fleetimg.push.registry import MANIFEST_TYPES
 from fleetimg.ssh import Ssh
 from tests.integration.conftest import (
     assert_every_node_has,
@@ -156,8 +161,51 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
         assert "v4" in repos["fleetimg-test/push-app"]["tags"]
         daemon = ssh.run(lab_fleet.node("node1"), "cat /etc/docker/daemon.json").stdout
         assert f"{lab_fleet.gateway}:5000" in daemon
+        assert_registry_serves_only_the_fleet(lab_fleet, ssh, "fleetimg-test/push-app")
     finally:
         fleetimg("registry", "down")
+
+
+def listening(port: int) -> set[str]:
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[3] for line in out.splitlines()}
+
+
+def assert_registry_serves_only_the_fleet(fleet: Fleet, ssh: Ssh, repo: str) -> None:
+    fleet_side = f"{fleet.gateway}:5000"
+    assert listening(5000) == {fleet_side}
+    assert listening(5001) == {"127.0.0.1:5001"}
+    code, status = fleetimg_json("registry", "status")
+    assert code == 0 and isinstance(status, dict)
+    assert {e["address"]: e["access"] for e in status["listening"]} == {
+        fleet_side: "read-only", "127.0.0.1:5001": "push"}
+    # Every other address of this machine: nothing listens there.
+    addrs = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                           check=True).stdout
+    others = [f.split("/")[0] for line in addrs.splitlines() for f in line.split()[3:4]
+              if ipaddress.IPv4Address(f.split("/")[0]) not in fleet.subnet]
+    assert others
+    for addr in others:
+        with pytest.raises(OSError):
+            socket.create_connection((addr, 5000), timeout=3).close()
+    # On the fleet side an upload is refused, from this machine and from a node on the fleet.
+    base = f"http://{fleet_side}/v2"
+    assert requests.post(f"{base}/{repo}/blobs/uploads/", timeout=10).status_code != 202
+    raw = ssh.run(fleet.node("node2"), (
+        f"exec 3<>/dev/tcp/{fleet.gateway}/5000; printf 'POST /v2/{repo}/blobs/uploads/ "
+        "HTTP/1.0\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3; head -n 1 <&3")).stdout
+    assert raw.startswith("HTTP/1.") and " 202 " not in raw, raw
+    # Nobody deletes, even through the upload side.
+    tags = requests.get(f"{base}/{repo}/tags/list", timeout=10).json()["tags"]
+    head = requests.head(f"{base}/{repo}/manifests/{tags[0]}", timeout=10,
+                         headers={"Accept": MANIFEST_TYPES})
+    digest = head.headers["Docker-Content-Digest"]
+    for side in (base, "http://127.0.0.1:5001/v2"):
+        assert requests.delete(f"{side}/{repo}/manifests/{digest}",
+                               timeout=10).status_code in (403, 405)
+    assert requests.head(f"{base}/{repo}/manifests/{digest}", timeout=10,
+                         headers={"Accept": MANIFEST_TYPES}).status_code == 200
 
 
 def test_node_dying_mid_transfer_is_reported_and_leaves_no_tag(
