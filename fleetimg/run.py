@@ -7,6 +7,7 @@ CommandError carrying the command, exit code and the tail of stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -107,14 +108,12 @@ def run(
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        proc.communicate()
+        _abandon(proc)
         raise CommandError(
             [mask(a, secrets) for a in argv], -1, f"timed out after {timeout:.0f} s", hint=hint
         ) from exc
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _abandon(proc)
         raise
     stdout = out.decode(errors="replace")
     stderr = err.decode(errors="replace")
@@ -125,6 +124,18 @@ def run(
         raise CommandError([mask(a, secrets) for a in argv], proc.returncode,
                            mask(stderr, secrets), hint)
     return result
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a command and stop listening to it. Its pipes are not drained: an ssh client
+    multiplexed over a master hands its stdio to the master, which keeps them open until
+    the (perhaps frozen) node closes the session."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def run_detached(argv: Sequence[str]) -> tuple[int, str]:

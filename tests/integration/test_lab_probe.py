@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -98,3 +99,44 @@ def test_lab_up_is_idempotent_and_down_leaves_nothing(
     assert not docker_client.volumes.list(filters={"name": "fleetimg-itest-updown"})
     assert not docker_client.networks.list(names=["fleetimg-itest-updown"])
     assert not config.dir.exists()
+
+
+def test_frozen_node_behind_an_open_connection_is_reported_within_the_timeout(
+    lab_fleet: Fleet, lab_config: LabConfig, docker_client: docker.DockerClient
+) -> None:
+    inv = str(lab_fleet.path)
+    # A first probe leaves an SSH master open to node3 (ControlPersist), as any run does.
+    assert fleetimg_json("-i", inv, "nodes", "probe", "--to", "node3")[0] == 0
+    container = docker_client.containers.get(lab_config.container(3))
+    container.pause()  # the board hangs: TCP still answers, nothing above it does
+    try:
+        start = time.monotonic()
+        code, data = fleetimg_json("-i", inv, "nodes", "probe", "--to", "node2,node3",
+                                   env={"FLEETIMG_SSH_TIMEOUT": "3"})
+        took = time.monotonic() - start
+    finally:
+        container.unpause()
+    assert code == 1
+    assert isinstance(data, list)
+    by_name = {d["name"]: d for d in data}
+    assert by_name["node2"]["reachable"] is True
+    assert by_name["node3"]["reachable"] is False
+    assert "not answering" in by_name["node3"]["error"]
+    # Without the check the command waited for the keepalives (~30 s).
+    assert took < 10, took
+    assert fleetimg_json("-i", inv, "nodes", "probe", "--to", "node3")[0] == 0
+
+
+def test_lab_up_restarts_a_node_whose_engine_died(
+    lab_fleet: Fleet, lab_config: LabConfig, ssh: Ssh
+) -> None:
+    node = lab_fleet.node("node3")
+    ssh.run(node, "sudo -n pkill -x dockerd; while pgrep -x dockerd >/dev/null; do sleep 0.1; "
+            "done")
+    assert ssh.run(node, "docker version >/dev/null 2>&1", check=False).returncode != 0
+    start = time.monotonic()
+    steps: list[str] = []
+    lab_up(lab_config, steps.append)
+    assert time.monotonic() - start < 90
+    assert any("restarting the node" in s for s in steps), steps
+    assert ssh.run(node, "docker version --format '{{.Server.Version}}'").stdout.strip()

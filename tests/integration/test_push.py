@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -257,3 +259,28 @@ def test_node_dying_mid_transfer_is_reported_and_leaves_no_tag(
     actions = {n["node"]: n["action"] for n in data["nodes"]}
     assert actions == {"node1": "skipped", "node2": "loaded", "node3": "skipped"}
     assert node_image_id(ssh, lab_fleet, "node2", big) == image.id
+
+
+def test_two_pushes_of_one_image_at_once_both_report_honestly(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    twin = build_app_image("fleetimg-test/push-app:twin", app="print('twin')\n", blob_mb=64)
+    argv = [sys.executable, "-m", "fleetimg", "-i", str(lab_fleet.path), "push", twin,
+            "--fanout", "direct", "--json"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    for out, _ in outs:
+        report = json.loads(out)
+        for node in report["nodes"]:
+            # Each push loads under its own temporary name: neither takes the other's and
+            # re-feeds, and what went out is what is reported.
+            assert node["ok"] and "re-fed" not in node["note"], node
+            if node["action"] == "loaded":
+                assert node["sent_bytes"] > 60_000_000, node
+        assert report["sent_bytes"] == sum(n["sent_bytes"] for n in report["nodes"])
+    assert_every_node_has(ssh, lab_fleet, twin, docker_client.images.get(twin).id)
+    for node in lab_fleet.nodes:
+        tags = ssh.run(node, "docker images --format '{{.Repository}}'").stdout.split()
+        assert "fleetimg-incoming" not in tags, node.name
