@@ -34,6 +34,8 @@ class NodeProbe:
     hosts_has_name: bool
     arm64_emulation: bool
     tools: tuple[str, ...] = field(default=())
+    self_address: str | None = None  # what the node's name resolves to there
+    firstboot: str | None = None  # fleetimg's first boot: done, pending, failed: STEPS
 
     @property
     def jetpack(self) -> str | None:
@@ -50,6 +52,12 @@ class NodeProbe:
             out.append(f"hostname is {self.hostname!r}, inventory says {self.name!r}")
         if not self.hosts_has_name:
             out.append(f"/etc/hosts lacks {self.name!r} (sudo may hang resolving it)")
+        if self.self_address and self.self_address != self.address:
+            out.append(f"{self.name!r} resolves to {self.self_address} on the node, not its "
+                       f"fleet address {self.address}: Gloo/MPI would bind that")
+        if self.firstboot and self.firstboot.startswith("failed"):
+            out.append(f"fleetimg first boot {self.firstboot.replace('failed:', 'failed at')} "
+                       "(journalctl -u fleetimg-firstboot)")
         if self.docker_error:
             out.append(self.docker_error)
         if self.l4t is None:
@@ -111,6 +119,8 @@ def parse_probe_output(node: Node, text: str) -> NodeProbe:
         hosts_has_name=kv.get("hosts_has_name") == "yes",
         arm64_emulation=kv.get("arm64_emulation") == "yes",
         tools=tuple(t for t in kv.get("tools", "").split(",") if t),
+        self_address=kv.get("self_address") or None,
+        firstboot=kv.get("firstboot") or None,
     )
 
 

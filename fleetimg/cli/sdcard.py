@@ -17,7 +17,7 @@ from fleetimg.sdcard.flash import (
     CardPlan,
     CardProgress,
     SdcardOptions,
-    plan_card,
+    plan_cards,
     prepare_source,
     write_cards,
 )
@@ -152,7 +152,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
             bar.close()
     options = SdcardOptions(verify=not no_verify, allow_cloned=allow_cloned,
                             allow_non_removable=allow_non_removable, force=force)
-    plans = [plan_card(fleet, n, t, source, options) for n, t in pairs]
+    plans = plan_cards(fleet, pairs, source, options)
     tegra = source.report.tegra
     wplan = source.plan
     if not as_json:

@@ -18,6 +18,13 @@ if awk -v h="$expected" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if ($i == h) f =
 else
   echo "hosts_has_name=no"
 fi
+# What the node's own name resolves to: Gloo/MPI bind it, so it must be the fleet address.
+echo "self_address=$(getent hosts "$expected" 2>/dev/null | awk 'NR == 1 { print $1 }')"
+# fleetimg's first-boot unit on cards it wrote (docs/first-boot.md).
+if [ -e /etc/fleetimg/firstboot.done ]; then echo "firstboot=done"
+elif [ -e /etc/fleetimg/firstboot.failed ]; then echo "firstboot=$(head -n 1 /etc/fleetimg/firstboot.failed)"
+elif [ -e /etc/fleetimg/firstboot.conf ]; then echo "firstboot=pending"
+fi
 if command -v docker >/dev/null 2>&1; then
   D=""
   if docker version >/dev/null 2>&1; then D="docker"

@@ -19,6 +19,7 @@ from fleetimg.errors import DiskError
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._@+:/-]*$")
 _BANNER = re.compile(r"^debugfs \d+\.\d+")
+_KINDS = {0o100000: "regular", 0o040000: "directory", 0o120000: "symlink"}
 
 
 @dataclass(frozen=True)
@@ -139,15 +140,29 @@ class Ext4:
         return None if data is None else data.decode(errors="replace")
 
     def listdir(self, path: str) -> list[str]:
+        return [name for name, _ in self.entries(path)]
+
+    def entries(self, path: str) -> list[tuple[str, str]]:
+        """(name, kind) of a directory's entries; kind: regular, directory, symlink, other."""
         out, errors = self._debugfs(f'ls -p "{check_path(path)}"')
         if errors:
             return []
-        names = []
+        found = []
         for line in out.splitlines():
             fields = line.strip().strip("/").split("/")
             if len(fields) >= 5 and fields[4] not in (".", ".."):
-                names.append(fields[4])
-        return names
+                found.append((fields[4], _KINDS.get(int(fields[1], 8) & 0o170000, "other")))
+        return found
+
+    def walk(self, top: str) -> list[tuple[str, str]]:
+        """(path, kind) of everything under `top`, parents before children."""
+        out: list[tuple[str, str]] = []
+        for name, kind in sorted(self.entries(top)):
+            path = f"{top.rstrip('/')}/{name}"
+            out.append((path, kind))
+            if kind == "directory":
+                out += self.walk(path)
+        return out
 
     def apply(
         self,
@@ -158,10 +173,21 @@ class Ext4:
     ) -> None:
         """Write everything in one debugfs session; any error message fails the whole call."""
         commands: list[str] = []
+        wanted = {d.path: d for d in dirs}
+        # Like mkdir -p: every missing ancestor of what is written is created (root-owned,
+        # 0755); a minimal root filesystem may lack /usr/local or /etc/rancher.
+        written = [*(f.path for f in files), *(s.path for s in symlinks), *wanted]
+        for path in written:
+            parent = str(Path(path).parent)
+            while parent != "/" and parent not in wanted:
+                wanted[parent] = DirSpec(parent)
+                parent = str(Path(parent).parent)
         with tempfile.TemporaryDirectory(prefix="fleetimg-overlay-") as tmp:
-            for d in sorted(dirs, key=lambda d: d.path.count("/")):
+            for d in sorted(wanted.values(), key=lambda d: d.path.count("/")):
                 if self.stat(d.path) is None:
                     commands.append(f'mkdir "{check_path(d.path)}"')
+                elif d.path not in {x.path for x in dirs}:
+                    continue  # an existing ancestor keeps its owner and mode
                 commands += self._owner(d.path, 0o040000 | d.mode, d.uid, d.gid)
             existing = [p for p in {*remove, *(f.path for f in files),
                                     *(s.path for s in symlinks)} if self.stat(p) is not None]

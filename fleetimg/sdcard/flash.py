@@ -27,6 +27,7 @@ from fleetimg.sdcard.overlay import (
     validate_settings,
     verify_overlay,
 )
+from fleetimg.sdcard.secrets import CardSecrets, card_secrets, persist
 from fleetimg.sdcard.source import resolve_source
 from fleetimg.sdcard.writer import (
     WritePlan,
@@ -74,6 +75,7 @@ class CardPlan:
     warnings: tuple[str, ...]
     source: SourceImage
     overlay: Overlay
+    secrets: CardSecrets = field(default_factory=CardSecrets)
 
     @property
     def is_device(self) -> bool:
@@ -117,9 +119,15 @@ def is_device_path(target: Path) -> bool:
 
 
 def plan_card(
-    fleet: Fleet, node: Node, target: Path, source: SourceImage, options: SdcardOptions
+    fleet: Fleet, node: Node, target: Path, source: SourceImage, options: SdcardOptions,
+    secrets: CardSecrets | None = None,
 ) -> CardPlan:
-    """Every check, nothing written. Raises on the first reason to refuse."""
+    """Every check, nothing written. Raises on the first reason to refuse.
+
+    `secrets`: shared by the cards of one run (plan_cards); read or made for this node
+    alone when not given."""
+    if secrets is None:
+        secrets = card_secrets(fleet, [node])
     validate_settings(fleet, node)
     if source.report.booted and not options.allow_cloned:
         raise ClonedImage(
@@ -151,9 +159,16 @@ def plan_card(
                 raise drives.DriveRefused(f"{target} already exists",
                                           hint="add --force to replace it, or name a new file")
             warnings.append(f"{target} exists and will be replaced (--force)")
-    overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset),
+    overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset), secrets,
                             reset_identity=options.allow_cloned and source.report.booted)
-    return CardPlan(node, target, drive, tuple(warnings), source, overlay)
+    return CardPlan(node, target, drive, tuple(warnings), source, overlay, secrets)
+
+
+def plan_cards(fleet: Fleet, pairs: Sequence[tuple[Node, Path]], source: SourceImage,
+               options: SdcardOptions) -> list[CardPlan]:
+    """Plans for several cards of one run, sharing one set of secrets; writes nothing."""
+    found = card_secrets(fleet, [node for node, _ in pairs])
+    return [plan_card(fleet, node, target, source, options, found) for node, target in pairs]
 
 
 def write_card(plan: CardPlan, options: SdcardOptions,
@@ -161,6 +176,7 @@ def write_card(plan: CardPlan, options: SdcardOptions,
     start = time.monotonic()
     wplan = plan.source.plan
     report = progress or (lambda phase, n, total: None)
+    persist(plan.secrets)  # keys and node passwords the card carries, kept beside
     if plan.is_device:
         fd = drives.open_exclusive(plan.target)
         written_path = plan.target
@@ -205,6 +221,8 @@ def write_cards(
 ) -> list[NodeOutcome[CardResult]]:
     """Several cards at once; one failing card never stops the others."""
     by_node = {p.node.name: p for p in plans}
+    for plan in plans:
+        persist(plan.secrets)  # before any thread writes: one creator per file
 
     def one(node: Node) -> CardResult:
         plan = by_node[node.name]

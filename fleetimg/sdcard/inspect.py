@@ -16,8 +16,8 @@ CLONED_EXPLANATION = (
     "display manager, fresh SSH host keys) ran there and will not run again, so another board "
     "would boot with the source board's power model, SSH host keys, machine-id and hostname; "
     "duplicate machine-ids and hostnames also break K3s joins. Write NVIDIA's original image "
-    "instead, or pass --allow-cloned to reset the per-board identity (machine-id, SSH host "
-    "keys, K3s node password) on the card."
+    "instead, or pass --allow-cloned to reset the per-board identity (machine-id and SSH host "
+    "keys, as on every card, and the K3s node password and agent state) on the card."
 )
 
 
@@ -42,16 +42,17 @@ def inspect_rootfs(fs: Ext4) -> RootfsReport:
             tegra = None
     booted: list[str] = []
     configured: list[str] = []
+    # Only signals NVIDIA's stock image never has count as "booted". SSH host keys and a
+    # machine-id do not: whether the stock image ships them is unverified, and every card
+    # gets both removed anyway (docs/first-boot.md).
     if fs.stat("/etc/nv/nvfirstboot") is None:
         booted.append("/etc/nv/nvfirstboot is gone (NVIDIA's first boot already ran)")
-    keys = [k for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_") and k.endswith("_key")]
-    if keys:
-        booted.append(f"SSH host keys present ({', '.join(sorted(keys))})")
-    machine_id = fs.read_text("/etc/machine-id")
-    if machine_id and machine_id.strip():
-        booted.append("/etc/machine-id is set")
     if fs.stat("/etc/rancher/node/password") is not None:
         booted.append("/etc/rancher/node/password present (K3s already joined)")
+    if fs.stat("/var/lib/rancher/k3s/agent") is not None:
+        booted.append("/var/lib/rancher/k3s/agent exists (a K3s agent ran)")
+    if fs.stat("/etc/fleetimg/firstboot.done") is not None:
+        booted.append("/etc/fleetimg/firstboot.done exists (a fleetimg card that booted)")
     passwd = fs.read_text("/etc/passwd") or ""
     users = [f[0] for f in (ln.split(":") for ln in passwd.splitlines())
              if len(f) > 2 and f[2].isdigit() and 1000 <= int(f[2]) < 65534]

@@ -14,17 +14,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from string import Template
 
-from fleetimg import private
 from fleetimg.errors import DiskError, UsageError
-from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, Role, Runtime, SdcardSettings
+from fleetimg.inventory import Fleet, Node, Role, Runtime, SdcardSettings
+from fleetimg.l4t import L4TRelease, parse_nv_tegra_release
 from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, SymlinkSpec
+from fleetimg.sdcard.secrets import CardSecrets
 
 DEFAULT_TARGET = "/etc/systemd/system/default.target"
 OEM_CONFIG_TARGET = "/lib/systemd/system/nv-oem-config.target"
 NM_DIR = "/etc/NetworkManager/system-connections"
+ZRAM_WANTS = "/etc/systemd/system/multi-user.target.wants/nvzramconfig.service"
+NODE_PASSWORD = "/etc/rancher/node/password"
+# Highest power mode names, best first: Super Orins have MAXN_SUPER, older modules MAXN.
+MAX_POWER_MODES = ("MAXN_SUPER", "MAXN")
 FIRSTBOOT_UNIT = "/etc/systemd/system/fleetimg-firstboot.service"
 
 
@@ -73,11 +77,49 @@ class _Accounts:
         return ("\n".join(":".join(r) for r in rows) + "\n").encode()
 
 
-def internal_key(fleet: Fleet) -> Path:
-    """The fleet-internal key pair for node-to-node SSH, created once beside fleet.toml."""
-    key = fleet.base_dir / INTERNAL_KEY_NAME
-    private.new_keypair(key, f"fleetimg-{fleet.name}-internal")
-    return key
+def touches_nvautoconfig(release: L4TRelease) -> bool:
+    """Whether the card gets /etc/nv/nvautoconfig, as NVIDIA's own default-user script
+    leaves it: R36 touches it; R32's does not, and there nv-late-init.sh would grow APP,
+    add a swap file and update the QSPI bootloader on seeing it. R35 is unverified: left
+    alone (fleetimg grows APP itself)."""
+    return release.major >= 36
+
+
+def _image_release(fs: Ext4) -> L4TRelease | None:
+    text = fs.read_text("/etc/nv_tegra_release")
+    try:
+        return parse_nv_tegra_release(text).release if text else None
+    except UsageError:
+        return None
+
+
+@dataclass
+class _Skel:
+    files: list[FileSpec] = field(default_factory=list)
+    dirs: list[DirSpec] = field(default_factory=list)
+    symlinks: list[SymlinkSpec] = field(default_factory=list)
+
+
+def _copy_skel(fs: Ext4, home: str, uid: int, gid: int, notes: list[str]) -> _Skel:
+    """/etc/skel into the new home, entry by entry *by type*: L4T's skeleton holds a
+    Desktop/ directory of launchers, which `debugfs cat` would dump as raw directory blocks."""
+    out = _Skel()
+    for path, kind in fs.walk("/etc/skel"):
+        dest = home + path.removeprefix("/etc/skel")
+        if fs.stat(dest) is not None:
+            continue  # the user's own files stay
+        inode = fs.stat(path)
+        if inode is None:
+            continue
+        if kind == "directory":
+            out.dirs.append(DirSpec(dest, inode.mode, uid, gid))
+        elif kind == "regular":
+            out.files.append(FileSpec(dest, fs.read(path) or b"", inode.mode, uid, gid))
+        elif kind == "symlink" and inode.link_target:
+            out.symlinks.append(SymlinkSpec(dest, inode.link_target))
+        else:
+            notes.append(f"/etc/skel entry not copied ({kind}): {path}")
+    return out
 
 
 def validate_settings(fleet: Fleet, node: Node) -> None:
@@ -104,8 +146,11 @@ def validate_settings(fleet: Fleet, node: Node) -> None:
 
 
 def build_overlay(
-    fleet: Fleet, node: Node, fs: Ext4, *, reset_identity: bool = False
+    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *, reset_identity: bool = False,
 ) -> Overlay:
+    """What the node's card needs, computed from the inventory and the image; writes
+    nothing (secrets not yet on disk are in `secrets`, created by the write step).
+    `reset_identity`: the image comes from a booted board (--allow-cloned)."""
     s: SdcardSettings = fleet.sdcard
     notes: list[str] = []
     files: list[FileSpec] = []
@@ -115,9 +160,12 @@ def build_overlay(
 
     # Identity and network.
     files.append(FileSpec("/etc/hostname", f"{node.name}\n".encode()))
+    # The node's own name resolves to its fleet address, not NVIDIA's 127.0.1.1: Gloo
+    # (Horovod, torch.distributed) binds what its hostname resolves to (docs/first-boot.md).
     fleet_hosts = "\n".join(f"{n.address}\t{n.name}" for n in fleet.nodes if n is not node)
     files.append(FileSpec("/etc/hosts", _template("hosts.tmpl").substitute(
-        hostname=node.name, fleet=fleet.name, fleet_hosts=fleet_hosts).encode()))
+        hostname=node.name, address=node.address, fleet=fleet.name,
+        fleet_hosts=fleet_hosts).encode()))
     gw = f",{fleet.gateway}" if fleet.gateway else ""
     dns = "".join(f"{d};" for d in fleet.dns) or (f"{fleet.gateway};" if fleet.gateway else "")
     files.append(FileSpec(f"{NM_DIR}/fleetimg-eth0.nmconnection", _template(
@@ -185,16 +233,17 @@ def build_overlay(
                               f"{user} ALL=(ALL) NOPASSWD:ALL\n".encode(), mode=0o440))
     home = f"/home/{user}"
     dirs += [DirSpec(home, 0o755, uid, gid), DirSpec(f"{home}/.ssh", 0o700, uid, gid)]
-    for skel in fs.listdir("/etc/skel"):
-        content = fs.read(f"/etc/skel/{skel}")
-        if content is not None and fs.stat(f"{home}/{skel}") is None:
-            files.append(FileSpec(f"{home}/{skel}", content, 0o644, uid, gid))
+    skel = _copy_skel(fs, home, uid, gid, notes)
+    files += skel.files
+    dirs += skel.dirs
+    symlinks += skel.symlinks
     keys = [k.read_text().strip() for k in s.authorized_keys]
     if s.internal_ssh_key:
-        key = internal_key(fleet)
-        pub = key.with_name(key.name + ".pub").read_text().strip()
+        assert secrets.internal_private is not None and secrets.internal_public is not None
+        pub = secrets.internal_public
         keys.append(pub)
-        files.append(FileSpec(f"{home}/.ssh/id_ed25519", key.read_bytes(), 0o600, uid, gid))
+        files.append(FileSpec(f"{home}/.ssh/id_ed25519", secrets.internal_private, 0o600,
+                              uid, gid))
         files.append(FileSpec(f"{home}/.ssh/id_ed25519.pub", (pub + "\n").encode(), 0o644,
                               uid, gid))
     files.append(FileSpec(f"{home}/.ssh/authorized_keys", ("\n".join(keys) + "\n").encode(),
@@ -204,15 +253,21 @@ def build_overlay(
     target = "multi-user.target" if s.headless else "graphical.target"
     remove.append(DEFAULT_TARGET)
     symlinks.append(SymlinkSpec(DEFAULT_TARGET, f"/lib/systemd/system/{target}"))
-    dirs.append(DirSpec("/etc/nv"))
-    files.append(FileSpec("/etc/nv/nvautoconfig", b""))
+    if touches_nvautoconfig(_image_release(fs) or node.l4t):
+        # As R36's l4t_create_default_user.sh does; on R32, nv-late-init.sh would take the
+        # flag as "grow APP, add a swap file, update QSPI" (docs/first-boot.md).
+        dirs.append(DirSpec("/etc/nv"))
+        files.append(FileSpec("/etc/nv/nvautoconfig", b""))
     if fs.stat("/etc/nv/nvfirstboot") is None and not reset_identity:
         notes.append("/etc/nv/nvfirstboot is absent in this image: NVIDIA's first-boot setup "
                      "will not run")
 
     # First boot: grow APP, power mode, swap file, host keys.
     swapfile = s.swap if s.swap not in ("off", "zram") else ""
-    conf = (f"GROW_APP=1\nMAX_POWER={int(s.max_power)}\nSWAPFILE={swapfile}\n"
+    # Power modes are chosen by name on the board, from the /etc/nvpmodel.conf that NVIDIA's
+    # first boot picks for it: IDs differ per module and release (docs/first-boot.md).
+    power_names = " ".join(MAX_POWER_MODES) if s.max_power else ""
+    conf = (f"GROW_APP=1\nMAX_POWER_NAMES=\"{power_names}\"\nSWAPFILE={swapfile}\n"
             f"NODE={node.name}\n")
     dirs.append(DirSpec("/etc/fleetimg"))
     files.append(FileSpec("/etc/fleetimg/firstboot.conf", conf.encode()))
@@ -224,10 +279,9 @@ def build_overlay(
     remove.append(wants)
     symlinks.append(SymlinkSpec(wants, FIRSTBOOT_UNIT))
     if s.swap == "off":
-        # K3s refuses to run with swap on; NVIDIA enables zram swap by default.
-        zram = "/etc/systemd/system/nvzramconfig.service"
-        remove.append(zram)
-        symlinks.append(SymlinkSpec(zram, "/dev/null"))
+        # NVIDIA enables zram swap through multi-user.target.wants; removing that link turns
+        # it off and leaves nvidia-l4t-init's own unit file alone (docs/first-boot.md).
+        remove.append(ZRAM_WANTS)
 
     # Docker: nvidia as the default runtime, keeping NVIDIA's runtime definition.
     if s.docker_nvidia_default:
@@ -259,21 +313,30 @@ def build_overlay(
             dirs += [DirSpec("/etc/rancher"), DirSpec("/etc/rancher/k3s")]
             files.append(FileSpec("/etc/rancher/k3s/config.yaml",
                                   ("\n".join(lines) + "\n").encode(), mode=0o600))
+        # The same node password on every re-flash, or the server rejects the node.
+        dirs += [DirSpec("/etc/rancher"), DirSpec("/etc/rancher/node", 0o700)]
+        files.append(FileSpec(NODE_PASSWORD, f"{secrets.node_passwords[node.name]}\n".encode(),
+                              mode=0o600))
 
+    # Every card gets its own identity, whether or not NVIDIA's image ships one: no SSH host
+    # keys (nvfb.sh or fleetimg's first boot makes them) and an empty machine-id (systemd
+    # makes one). Two boards from one image never share them (docs/first-boot.md).
+    files.append(FileSpec("/etc/machine-id", b"", mode=0o444))
+    dbus_id = fs.stat("/var/lib/dbus/machine-id")
+    if dbus_id is not None and dbus_id.kind == "regular":  # often a link to /etc/machine-id
+        files.append(FileSpec("/var/lib/dbus/machine-id", b"", mode=dbus_id.mode))
+    remove += [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
     if reset_identity:
-        files.append(FileSpec("/etc/machine-id", b"", mode=0o444))
-        remove += [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
-        if fs.stat("/etc/rancher/node/password") is not None:
-            remove.append("/etc/rancher/node/password")
-        notes.append("identity reset: machine-id emptied, SSH host keys removed (regenerated "
-                     "at first boot), K3s node password removed")
+        if fs.stat(NODE_PASSWORD) is not None and node.runtime is not Runtime.K3S:
+            remove.append(NODE_PASSWORD)
+        for state in ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
+                      "/var/lib/rancher/k3s/agent/serving-kubelet.crt"):
+            if fs.stat(state) is not None:
+                remove.append(state)
+        notes.append("identity reset: the source board's K3s node password and agent "
+                     "certificates removed")
 
-    parents = {str(Path(f.path).parent) for f in files} | {str(Path(s.path).parent)
-                                                             for s in symlinks}
-    known = {d.path for d in dirs}
-    for parent in sorted(parents - known):
-        if fs.stat(parent) is None:
-            dirs.append(DirSpec(parent))
+    # Missing parent directories are created by Ext4.apply, like mkdir -p.
     return Overlay(tuple(files), tuple(dirs), tuple(symlinks), tuple(dict.fromkeys(remove)),
                    tuple(notes))
 

@@ -60,9 +60,14 @@ def _write(root: Path, rel: str, text: str | bytes, mode: int = 0o644) -> None:
 
 
 def make_rootfs(
-    root: Path, *, l4t: L4TRelease, board: str, booted: bool = False, payload: int = 0
+    root: Path, *, l4t: L4TRelease, board: str, booted: bool = False, payload: int = 0,
+    stock_identity: bool = False,
 ) -> None:
-    """Fill `root` with a Jetson-like root filesystem skeleton."""
+    """Fill `root` with a Jetson-like root filesystem skeleton.
+
+    `stock_identity`: a never-booted image that ships SSH host keys and a machine-id, as
+    NVIDIA's might (unverified): such an image is no clone, and no two cards may share them.
+    """
     _write(root, "etc/nv_tegra_release", format_nv_tegra_release(l4t, board))
     _write(root, "etc/passwd", PASSWD)
     _write(root, "etc/shadow", SHADOW, 0o640)
@@ -72,17 +77,26 @@ def make_rootfs(
     _write(root, "etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
     _write(root, "etc/skel/.bashrc", "# ~/.bashrc\nexport PATH=/usr/local/cuda/bin:$PATH\n")
     _write(root, "etc/skel/.profile", "# ~/.profile\n[ -f ~/.bashrc ] && . ~/.bashrc\n")
+    # L4T's skeleton has a Desktop/ of launchers, one of them a symlink.
+    _write(root, "etc/skel/Desktop/nv_devzone.desktop",
+           "[Desktop Entry]\nName=NVIDIA Developer Zone\nType=Link\n")
+    os.symlink("/usr/share/applications/l4t-readme.desktop",
+               root / "etc/skel/Desktop/l4t-readme.desktop")
     _write(root, "etc/docker/daemon.json", '{\n    "runtimes": {\n        "nvidia": {\n'
            '            "path": "nvidia-container-runtime",\n'
            '            "runtimeArgs": []\n        }\n    }\n}\n')
     _write(root, "etc/ssh/sshd_config", "#PermitRootLogin prohibit-password\nUsePAM yes\n")
     for target in ("nv-oem-config.target", "multi-user.target", "graphical.target"):
         _write(root, f"lib/systemd/system/{target}", f"[Unit]\nDescription={target}\n")
-    _write(root, "lib/systemd/system/nvzramconfig.service", "[Unit]\nDescription=ZRAM\n")
+    # nvidia-l4t-init ships its zram unit in /etc/systemd/system, enabled by a wants link.
+    _write(root, "etc/systemd/system/nvzramconfig.service",
+           "[Unit]\nDescription=ZRAM configuration\n[Install]\nWantedBy=multi-user.target\n")
     for d in ("etc/NetworkManager/system-connections", "etc/systemd/system/multi-user.target.wants",
               "home", "root", "tmp", "var/lib", "usr/local/sbin", "etc/sudoers.d"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "etc/NetworkManager/system-connections").chmod(0o755)
+    os.symlink("/etc/systemd/system/nvzramconfig.service",
+               root / "etc/systemd/system/multi-user.target.wants/nvzramconfig.service")
     default_target = root / "etc/systemd/system/default.target"
     if booted:
         # What a card copied from a running board looks like: first boot already done.
@@ -100,6 +114,12 @@ def make_rootfs(
         _write(root, "etc/machine-id", "", 0o444)
         _write(root, "etc/nv/nvfirstboot", "")
         os.symlink("/lib/systemd/system/nv-oem-config.target", default_target)
+        if stock_identity:
+            _write(root, "etc/machine-id", "0123456789abcdef0123456789abcdef\n", 0o444)
+            _write(root, "var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n")
+            for kind in ("rsa", "ecdsa", "ed25519"):
+                _write(root, f"etc/ssh/ssh_host_{kind}_key", f"STOCK {kind}\n", 0o600)
+                _write(root, f"etc/ssh/ssh_host_{kind}_key.pub", f"ssh-{kind} AAAA stock\n")
     if payload:
         # Incompressible data stands in for CUDA, cuDNN and the desktop: real blocks to copy.
         chunk = 8 << 20
@@ -119,6 +139,7 @@ def build_test_image(
     board: str = "t210ref",
     booted: bool = False,
     payload: int = 16 << 20,
+    stock_identity: bool = False,
 ) -> Path:
     """Write a Jetson-like SD card image to `out` (sparse where it is empty)."""
     runmod.require_tool("sgdisk")
@@ -145,7 +166,8 @@ def build_test_image(
             start += FIRMWARE_SECTORS
     work = Path(tempfile.mkdtemp(prefix="jetson-rootfs-"))
     try:
-        make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload)
+        make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload,
+                    stock_identity=stock_identity)
         runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
                     "-E", f"offset={APP_START * SECTOR}", "-d", str(work), str(tmp_out),
                     str(app_size // 4096)])
