@@ -54,3 +54,24 @@ def test_non_l4t_host(fleet: inventory.Fleet) -> None:
     probe = parse_probe_output(fleet.node("node1"), "arch=x86_64\nhostname=node1\nprobe=done\n")
     assert probe.l4t is None and probe.jetpack is None
     assert any("not an L4T system" in w for w in probe.warnings)
+
+
+def test_card_whose_first_boot_failed_and_name_maps_to_loopback(fleet: inventory.Fleet) -> None:
+    # The lines a card with NVIDIA's 127.0.1.1 mapping and a failed fleetimg first boot
+    # gives (the format of probe.sh, as on tests/data/probe/lab-node.txt's lab node).
+    text = (DATA / "probe/card-firstboot-failed.txt").read_text()
+    probe = parse_probe_output(fleet.node("node2"), text)
+    assert probe.self_address == "127.0.1.1"
+    assert probe.firstboot == "failed: grow power"
+    warnings = " ".join(probe.warnings)
+    assert "resolves to 127.0.1.1" in warnings and "192.168.10.12" in warnings
+    assert "first boot failed at grow power" in warnings
+    assert probe.to_dict()["firstboot"] == "failed: grow power"
+
+
+def test_finished_first_boot_and_fleet_address_warn_nothing(fleet: inventory.Fleet) -> None:
+    text = (DATA / "probe/card-firstboot-failed.txt").read_text()
+    text = text.replace("self_address=127.0.1.1", "self_address=192.168.10.12")
+    text = text.replace("firstboot=failed: grow power", "firstboot=done")
+    probe = parse_probe_output(fleet.node("node2"), text)
+    assert probe.warnings == []
