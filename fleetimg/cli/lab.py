@@ -32,12 +32,15 @@ def lab() -> None:
 @click.option("--name", default="lab", show_default=True, help=NAME_HELP)
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Where fleet.toml and keys go [default: ~/.local/state/fleetimg/NAME].")
+@click.option("--card-nodes", default=0, show_default=True, type=click.IntRange(0, 16),
+              help="Extra nodes in fleet.toml with no container: boards you write a card for "
+              "(fleetimg sdcard) and boot with `fleetimg lab boot` (group 'cards').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def up(nodes: int, l4t: str, subnet: str, name: str, directory: Path | None,
-       as_json: bool) -> None:
+       card_nodes: int, as_json: bool) -> None:
     """Start (or update) the lab fleet and write its fleet.toml. Idempotent."""
     config = LabConfig(name=name, nodes=nodes, l4t=L4TRelease.parse(l4t), subnet=subnet,
-                       directory=directory)
+                       directory=directory, card_nodes=card_nodes)
     fleet = lab_up(config, on_step=_step)
     if as_json:
         emit_json({"name": name, "inventory": str(config.fleet_file),
@@ -84,11 +87,26 @@ def down(name: str, directory: Path | None, purge: bool) -> None:
 @click.option("--payload", default="16M", show_default=True,
               help="Incompressible data in the root filesystem (stands in for CUDA & co).")
 @click.option("--booted", is_flag=True, help="Make it look like a card from a booted board.")
+@click.option("--bootable", is_flag=True,
+              help="A card that really boots (`fleetimg lab boot`): Debian with systemd, "
+              "NetworkManager, sshd and Docker in APP, plus JetPack's first-boot machinery as "
+              "stand-ins. Built once (debootstrap, root), then cached.")
 def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
-            booted: bool) -> None:
+            booted: bool, bootable: bool) -> None:
     """Build a Jetson-like SD card image (GPT, 14 partitions, APP last) for rehearsals."""
     from fleetimg.sdcard.testimage import build_test_image
 
+    if bootable:
+        from fleetimg.lab.cardimage import build_bootable_card
+
+        if booted:
+            raise UsageError("--booted and --bootable do not go together",
+                             hint="boot a --bootable card with `fleetimg lab boot` instead")
+        out = build_bootable_card(output, l4t=L4TRelease.parse(l4t), board=board,
+                                  on_step=_step)
+        click.echo(f"wrote {out} (bootable, L4T {l4t}); next: fleetimg sdcard --node NODE "
+                   f"--image {out} CARD.img, then fleetimg lab boot CARD.img")
+        return
     out = build_test_image(output, app_size=_size(app_size), l4t=L4TRelease.parse(l4t),
                            board=board, booted=booted, payload=_size(payload))
     click.echo(f"wrote {out} ({human_bytes(out.stat().st_size)}, L4T {l4t}"
@@ -142,3 +160,47 @@ def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
     if pytorch:
         built.append(ensure_standin_pytorch(client, ca_bundle, _step))
     click.echo("stand-in bases: " + ", ".join(built))
+
+
+@lab.command("boot")
+@click.argument("card", required=False, type=click.Path(path_type=Path))
+@click.option("--name", default="lab", show_default=True, help=NAME_HELP)
+@click.option("--list", "list_only", is_flag=True, help="Show booted cards.")
+@click.option("--stop", "stop_name", metavar="NODE", help="Shut a booted card down.")
+@click.option("--timeout", default=120, show_default=True, type=click.IntRange(5, 900),
+              help="Seconds to wait for the card to answer SSH at its address.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def boot_cmd(card: Path | None, name: str, list_only: bool, stop_name: str | None,
+             timeout: int, as_json: bool) -> None:
+    """Boot CARD (an image written by `fleetimg sdcard`) as a board on the lab's network.
+
+    systemd-nspawn boots the card's APP partition; the board takes its hostname, static
+    address, user and keys from the card, and what it writes lands in the card image.
+    Waits until it answers SSH at the address its card gave it. Needs root.
+    """
+    from fleetimg import inventory
+    from fleetimg.lab.boot import boot_card, booted_cards, stop_card
+
+    if list_only:
+        cards = booted_cards()
+        if as_json:
+            emit_json([c.__dict__ for c in cards])
+        elif not cards:
+            click.echo("no booted cards")
+        else:
+            click.echo(table(["NODE", "LAB", "ADDRESS", "CARD", "CONSOLE"],
+                             [[c.name, c.lab, c.address, c.card, c.console] for c in cards]))
+        return
+    if stop_name:
+        click.echo(f"{stop_name}: stopped" if stop_card(stop_name)
+                   else f"{stop_name}: not booted")
+        return
+    if card is None:
+        raise UsageError("missing CARD", hint="fleetimg lab boot node4.img (or --list, --stop)")
+    fleet = inventory.load(LabConfig(name=name).fleet_file)
+    booted = boot_card(fleet, name, card, timeout=timeout, on_step=_step)
+    if as_json:
+        emit_json(booted.__dict__)
+        return
+    click.echo(f"{booted.name} is up at {booted.address} (card {booted.card}); "
+               f"stop it with: fleetimg lab boot --stop {booted.name}")

@@ -28,6 +28,7 @@ from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
+from fleetimg.lab.boot import booted_cards, stop_card
 from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
 from fleetimg.paths import state_dir
 from fleetimg.ssh import Ssh, SshOptions
@@ -57,6 +58,9 @@ class LabConfig:
     board: str = "t210ref"
     subnet: str = DEFAULT_SUBNET
     directory: Path | None = None
+    # Nodes written into fleet.toml without a container: boards that boot from a card
+    # (`fleetimg sdcard` then `fleetimg lab boot`), numbered after the container nodes.
+    card_nodes: int = 0
 
     @property
     def dir(self) -> Path:
@@ -109,7 +113,9 @@ def _validate(config: LabConfig) -> None:
         net = ipaddress.IPv4Network(config.subnet, strict=True)
     except ValueError as exc:
         raise LabError(f"--subnet {config.subnet!r}: {exc}", hint="e.g. 172.29.213.0/24") from exc
-    if not 1 <= config.nodes <= min(64, net.num_addresses - 12):
+    if not 0 <= config.card_nodes <= 16:
+        raise LabError(f"--card-nodes {config.card_nodes}: 0 to 16")
+    if not 1 <= config.nodes + config.card_nodes <= min(64, net.num_addresses - 12):
         raise LabError(f"--nodes {config.nodes}: a lab has 1 to 64 nodes",
                        hint="the machine has 2 cores; 3 to 8 nodes is plenty")
 
@@ -150,15 +156,18 @@ def _write_files(config: LabConfig) -> None:
         "",
         "[sdcard]",
         "internal_ssh_key = true",
+        'swap = "off"',
         "",
     ]
-    for i in range(1, config.nodes + 1):
+    for i in range(1, config.nodes + config.card_nodes + 1):
         lines += [
             "[[nodes]]",
             f'name = "node{i}"',
             f'address = "{config.address(i)}"',
             f'role = "{"master" if i == 1 else "worker"}"',
             'module = "nano-4gb"',
+            *(['groups = ["cards"]  # boots from a card: fleetimg lab boot']
+              if i > config.nodes else []),
             "",
         ]
     tmp = config.fleet_file.with_suffix(".tmp")
@@ -251,10 +260,11 @@ def _start_node(
 ENGINE_GRACE_SECONDS = 10.0
 
 
-def _wait_ready(fleet: Fleet, revive: Callable[[Node], None], timeout: float = 120) -> None:
+def _wait_ready(fleet: Fleet, revive: Callable[[Node], None], *, only: set[str],
+                timeout: float = 120) -> None:
     ssh = Ssh(SshOptions(known_hosts=fleet.known_hosts, connect_timeout=3))
     deadline = time.monotonic() + timeout
-    pending = list(fleet.nodes)
+    pending = [n for n in fleet.nodes if n.name in only]
     last_error: FleetimgError | None = None
     engine_down_since: dict[str, float] = {}
     revived: set[str] = set()
@@ -312,7 +322,8 @@ def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -
         client.containers.get(config.container(int(node.name.removeprefix("node")))).restart(
             timeout=5)
 
-    _wait_ready(fleet, revive)
+    containers = {f"node{i}" for i in range(1, config.nodes + 1)}
+    _wait_ready(fleet, revive, only=containers)
     return fleet
 
 
@@ -347,6 +358,11 @@ def lab_down(
     """Remove the lab's containers, volumes, network and directory. Returns what was removed."""
     client = _client()
     removed: list[str] = []
+    for booted in booted_cards():
+        if booted.lab == config.name:
+            on_step(f"stopping booted card {booted.name}")
+            stop_card(booted.name)
+            removed.append(f"booted card {booted.name}")
     if config.fleet_file.exists():
         try:
             fleet = load(config.fleet_file)

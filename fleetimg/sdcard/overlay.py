@@ -271,6 +271,10 @@ def build_overlay(
             f"NODE={node.name}\n")
     dirs.append(DirSpec("/etc/fleetimg"))
     files.append(FileSpec("/etc/fleetimg/firstboot.conf", conf.encode()))
+    # A card from a booted fleetimg board (--allow-cloned) runs its first boot again: it
+    # makes the host keys and machine-id this card was given none of.
+    remove += [p for p in ("/etc/fleetimg/firstboot.done", "/etc/fleetimg/firstboot.failed")
+               if fs.stat(p) is not None]
     files.append(FileSpec("/usr/local/sbin/fleetimg-firstboot",
                           _resource("fleetimg-firstboot.sh"), 0o755))
     files.append(FileSpec(FIRSTBOOT_UNIT, _resource("fleetimg-firstboot.service.tmpl")))

@@ -140,8 +140,12 @@ def build_test_image(
     booted: bool = False,
     payload: int = 16 << 20,
     stock_identity: bool = False,
+    rootfs: Path | None = None,
 ) -> Path:
-    """Write a Jetson-like SD card image to `out` (sparse where it is empty)."""
+    """Write a Jetson-like SD card image to `out` (sparse where it is empty).
+
+    `rootfs`: a prepared root filesystem directory for APP instead of the skeleton (the
+    lab's bootable card)."""
     runmod.require_tool("sgdisk")
     runmod.require_tool("mke2fs")
     app_sectors = app_size // SECTOR
@@ -164,14 +168,21 @@ def build_test_image(
             fh.seek(start * SECTOR)
             fh.write(os.urandom(64 << 10))  # firmware blobs, partly filled like the real ones
             start += FIRMWARE_SECTORS
-    work = Path(tempfile.mkdtemp(prefix="jetson-rootfs-"))
-    try:
-        make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload,
-                    stock_identity=stock_identity)
-        runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
-                    "-E", f"offset={APP_START * SECTOR}", "-d", str(work), str(tmp_out),
-                    str(app_size // 4096)])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if rootfs is not None:
+        _make_app(rootfs, tmp_out, app_size)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="jetson-rootfs-"))
+        try:
+            make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload,
+                        stock_identity=stock_identity)
+            _make_app(work, tmp_out, app_size)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     tmp_out.replace(out)
     return out
+
+
+def _make_app(root: Path, image: Path, app_size: int) -> None:
+    runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
+                "-E", f"offset={APP_START * SECTOR}", "-d", str(root), str(image),
+                str(app_size // 4096)])

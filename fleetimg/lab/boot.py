@@ -1,0 +1,238 @@
+"""`fleetimg lab boot`: boot a card image as a board on the lab fleet's network.
+
+The card's APP partition is attached as a loop device (offset and size from the GPT, so no
+partition nodes or udev are needed) and mounted, and systemd-nspawn boots it: everything
+the board does comes from the card (hostname, NetworkManager keyfile, user, keys, units),
+and whatever it writes lands in the card image, as on a real card. Its network is a veth
+pair: one end on the lab's bridge, the other moved into a network namespace of its own and
+named as the card's keyfile expects (nspawn's own `host0` would not match `eth0`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import NotFound
+
+from fleetimg import run as runmod
+from fleetimg.errors import FleetimgError, LabError
+from fleetimg.inventory import Fleet, Node
+from fleetimg.paths import state_dir
+from fleetimg.sdcard.ext4 import Ext4
+from fleetimg.sdcard.gpt import read_table
+
+BOOT_TIMEOUT = 120.0
+NM_DIR = "/etc/NetworkManager/system-connections"
+
+
+@dataclass(frozen=True)
+class BootedCard:
+    name: str  # the node the card says it is
+    lab: str
+    card: str
+    address: str
+    pid: int
+    loop: str
+    mountpoint: str
+    netns: str
+    veth: str
+    console: str
+
+
+def _boot_dir() -> Path:
+    return state_dir() / "boot"
+
+
+def _state_file(name: str) -> Path:
+    return _boot_dir() / name / "state.json"
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        # Our own child (boot and stop in one process): reap it, or it lingers as a zombie.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def booted_cards() -> list[BootedCard]:
+    out = []
+    for path in sorted(_boot_dir().glob("*/state.json")):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            out.append(BootedCard(**json.loads(path.read_text())))
+    return out
+
+
+def _app_location(card: Path) -> tuple[int, int]:
+    fd = os.open(card, os.O_RDONLY)
+    try:
+        table = read_table(fd, str(card))
+    finally:
+        os.close(fd)
+    app = table.by_name("APP")
+    if app is None:
+        raise LabError(f"{card}: no APP partition: not a Jetson card image")
+    return app.offset, app.size
+
+
+def _card_identity(fs: Ext4) -> tuple[str, str]:
+    """The node name and the interface name the card's own files give."""
+    hostname = (fs.read_text("/etc/hostname") or "").strip()
+    interface = "eth0"
+    for entry in fs.listdir(NM_DIR):
+        text = fs.read_text(f"{NM_DIR}/{entry}") or ""
+        if (m := re.search(r"^interface-name=(\S+)", text, re.MULTILINE)):
+            interface = m[1]
+            break
+    return hostname, interface
+
+
+def _bridge(network: str) -> str:
+    try:
+        net = docker.from_env().networks.get(network)
+    except NotFound:
+        raise LabError(f"no lab network {network}",
+                       hint="start the lab first: fleetimg lab up --card-nodes 1") from None
+    return f"br-{(net.id or '')[:12]}"
+
+
+def _forget_host_key(fleet: Fleet, node: Node) -> None:
+    # A card boots with host keys made on its first boot: in the lab, every card booted for
+    # a node is a re-flashed board, so the lab's known_hosts forgets the old key.
+    if fleet.known_hosts.exists():
+        runmod.run(["ssh-keygen", "-q", "-f", str(fleet.known_hosts), "-R", node.address],
+                   check=False)
+
+
+def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return False
+        with contextlib.suppress(OSError), \
+                socket.create_connection((address, 22), timeout=2) as sock:
+            sock.settimeout(2)
+            if sock.recv(4).startswith(b"SSH-"):
+                return True
+        time.sleep(0.3)
+    return False
+
+
+def _first_failed_unit(console: str) -> str | None:
+    for line in console.splitlines():
+        if "FAILED" in line and "Failed to start" in line:
+            return re.sub(r"\x1b\[[0-9;]*m", "", line).split("Failed to start", 1)[1].strip()
+    return None
+
+
+def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_TIMEOUT,
+              on_step: Callable[[str], None] = lambda s: None) -> BootedCard:
+    """Boot `card` on the lab's network; return once it answers SSH at its address."""
+    runmod.require_tool("systemd-nspawn")
+    if not card.is_file():
+        raise LabError(f"{card}: no such card image",
+                       hint="write one: fleetimg sdcard --node NODE --image BOOTABLE.img CARD")
+    offset, size = _app_location(card)
+    hostname, interface = _card_identity(Ext4(card, offset))
+    try:
+        node = fleet.node(hostname)
+    except FleetimgError:
+        raise LabError(f"{card} says it is {hostname!r}, which is not a node of "
+                       f"{fleet.name}", hint="write the card with fleetimg sdcard --node NAME "
+                       "from this lab's fleet.toml") from None
+    for other in booted_cards():
+        if other.name == node.name and _alive(other.pid):
+            raise LabError(f"{node.name} is already booted from {other.card}",
+                           hint=f"fleetimg lab boot --stop {node.name}")
+    tag = hashlib.sha256(node.name.encode()).hexdigest()[:6]
+    state_path = _state_file(node.name)
+    workdir = state_path.parent
+    stop_card(node.name)  # leftovers of a crashed boot
+    workdir.mkdir(parents=True, exist_ok=True)
+    mountpoint = workdir / "root"
+    mountpoint.mkdir(exist_ok=True)
+    netns, host_end, inner = f"fleetimg-{node.name}", f"fb{tag}h", f"fb{tag}c"
+    loop = runmod.run(["losetup", "-f", "--show", "-o", str(offset), "--sizelimit",
+                       str(size), str(card)]).stdout.strip()
+    state = BootedCard(node.name, lab_name, str(card), node.address, 0, loop,
+                       str(mountpoint), netns, host_end, str(workdir / "console.log"))
+    state_path.write_text(json.dumps(asdict(state)))
+    try:
+        runmod.run(["mount", loop, str(mountpoint)])
+        _forget_host_key(fleet, node)
+        runmod.run(["ip", "netns", "add", netns])
+        runmod.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner])
+        runmod.run(["ip", "link", "set", inner, "netns", netns])
+        runmod.run(["ip", "-n", netns, "link", "set", inner, "name", interface])
+        runmod.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        runmod.run(["ip", "link", "set", host_end, "master", _bridge(f"fleetimg-{lab_name}")])
+        runmod.run(["ip", "link", "set", host_end, "up"])
+        on_step(f"booting {card} as {node.name} ({node.address}) with systemd-nspawn")
+        with open(state.console, "wb") as console:
+            # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up.
+            proc = runmod.spawn(
+                ["systemd-nspawn", "-D", str(mountpoint), "--boot", "--register=no",
+                 "--keep-unit", f"--machine={node.name}",
+                 f"--network-namespace-path=/run/netns/{netns}",
+                 "--capability=CAP_NET_ADMIN"],
+                stdin=None, stdout=console, stderr=console, detach=True)
+        state = BootedCard(**{**asdict(state), "pid": proc.pid})
+        state_path.write_text(json.dumps(asdict(state)))
+        if not _wait_for_ssh(node.address, proc.pid, timeout):
+            text = Path(state.console).read_text(errors="replace")
+            failed = _first_failed_unit(text)
+            tail = " / ".join(ln.strip() for ln in text.splitlines()[-4:] if ln.strip())
+            raise LabError(
+                f"{node.name} did not answer SSH at {node.address} within {timeout:.0f} s"
+                + (f"; first failed unit: {failed}" if failed else "")
+                + f"; console: {tail}",
+                hint=f"the whole console is in {state.console}")
+    except BaseException:
+        stop_card(node.name)
+        raise
+    return state
+
+
+def stop_card(name: str) -> bool:
+    """Shut a booted card down and undo its loop device, mount, namespace and link."""
+    path = _state_file(name)
+    if not path.exists():
+        return False
+    try:
+        state = BootedCard(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        path.unlink()
+        return False
+    if state.pid and _alive(state.pid):
+        # nspawn turns SIGTERM into a clean shutdown of the card's systemd.
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(state.pid):
+            os.kill(state.pid, signal.SIGKILL)
+    runmod.run(["umount", state.mountpoint], check=False)
+    runmod.run(["losetup", "-d", state.loop], check=False)
+    runmod.run(["ip", "link", "del", state.veth], check=False)
+    runmod.run(["ip", "netns", "del", state.netns], check=False)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def stop_all() -> list[str]:
+    return [c.name for c in booted_cards() if stop_card(c.name)]

@@ -1,0 +1,152 @@
+"""The lab's bootable card: a JetPack-shaped SD card image whose APP really boots.
+
+The GPT layout is the Jetson-like test image's (`sdcard/testimage.py`); APP holds Debian
+bookworm amd64 from Debian's mirror (systemd, NetworkManager, openssh-server, sudo,
+docker.io) with JetPack's first-boot machinery as stand-ins (`jetpack_standins.py`).
+`fleetimg sdcard` personalises it like NVIDIA's image and `fleetimg lab boot` boots it.
+
+The root filesystem is built once by debootstrap and kept as a Docker image (nothing is
+pulled from any registry), as the lab node image is; each card image is made from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+
+from fleetimg import run as runmod
+from fleetimg.errors import LabError
+from fleetimg.l4t import L4TRelease, format_nv_tegra_release
+from fleetimg.lab import jetpack_standins as standins
+from fleetimg.lab.nodeimage import SUITE, debian_mirror
+from fleetimg.paths import state_dir
+from fleetimg.sdcard.testimage import build_test_image
+
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "libpam-systemd", "network-manager",
+    "openssh-server", "sudo", "docker.io", "containerd", "iproute2", "iptables", "zstd",
+    "pigz", "procps", "gawk", "ca-certificates", "util-linux", "e2fsprogs", "gdisk", "kmod",
+)
+IMAGE_REPO = "fleetimg/lab-card"
+IMAGE_FORMAT = "1"  # bump when the build steps below change
+# Room for what a rehearsal pushes onto the card; the image file stays sparse.
+APP_SIZE = 4 << 30
+# A Jetson's groups that Debian lacks; the overlay adds the user to them.
+JETSON_GROUPS = ("i2c", "gpio", "weston-launch", "render")
+
+
+def card_rootfs_tag() -> str:
+    parts = [IMAGE_FORMAT, SUITE, *PACKAGES, *JETSON_GROUPS]
+    parts += [f"{f.path}|{f.mode:o}|{f.content}" for f in standins.FILES]
+    parts += [f"{a}->{b}" for a, b in standins.SYMLINKS]
+    return f"{IMAGE_REPO}:{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:12]}"
+
+
+def ensure_card_rootfs(client: docker.DockerClient,
+                       on_step: Callable[[str], None] = lambda s: None) -> str:
+    tag = card_rootfs_tag()
+    try:
+        client.images.get(tag)
+        return tag
+    except ImageNotFound:
+        pass
+    if os.geteuid() != 0:
+        raise LabError("building the bootable card needs root (debootstrap and chroot)",
+                       hint="run it once with sudo; later runs reuse the result")
+    runmod.require_tool("debootstrap")
+    work = state_dir() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="lab-card-", dir=work))
+    try:
+        on_step(f"debootstrap {SUITE} (amd64) with systemd, NetworkManager and Docker from "
+                f"{debian_mirror()}: about two minutes, once")
+        runmod.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                    SUITE, str(root), debian_mirror()], timeout=1800,
+                   hint="check that Debian's package mirror is reachable "
+                   "(FLEETIMG_DEBIAN_MIRROR chooses another)")
+        on_step("adding JetPack's first-boot machinery (stand-ins)")
+        _configure(root)
+        on_step(f"keeping the root filesystem as {tag}")
+        _import(root, tag)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return tag
+
+
+def _configure(root: Path) -> None:
+    for group in JETSON_GROUPS:
+        runmod.run(["chroot", str(root), "groupadd", "-f", "-r", group])
+    for f in standins.FILES:
+        path = root / f.path.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f.content)
+        path.chmod(f.mode)
+    for link, target in standins.SYMLINKS:
+        path = root / link.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.symlink_to(target)
+    # A stock card: no host keys, no machine-id, no login user, NVIDIA's default name.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/hostname").write_text("tegra-ubuntu\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 tegra-ubuntu\n")
+    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+
+
+def _import(root: Path, tag: str) -> None:
+    tar = runmod.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
+    assert tar.stdout is not None
+    importer = runmod.spawn(["docker", "import", "-c", "LABEL io.fleetimg.lab-card=1", "-",
+                             tag], stdin=tar.stdout)
+    tar.stdout.close()
+    _, err = importer.communicate()
+    if tar.wait() != 0 or importer.returncode != 0:
+        raise LabError(f"keeping the card root filesystem failed: "
+                       f"{err.decode(errors='replace').strip()}",
+                       hint="is the Docker engine running? `fleetimg doctor`")
+
+
+def _export(tag: str, into: Path) -> None:
+    container = runmod.run(["docker", "create", tag, "/bin/true"]).stdout.strip()
+    try:
+        export = runmod.spawn(["docker", "export", container], stderr=None)
+        assert export.stdout is not None
+        untar = runmod.spawn(["tar", "--numeric-owner", "-x", "-C", str(into)],
+                             stdin=export.stdout)
+        export.stdout.close()
+        _, err = untar.communicate()
+        if export.wait() != 0 or untar.returncode != 0:
+            raise LabError(f"unpacking {tag} failed: {err.decode(errors='replace').strip()}")
+    finally:
+        runmod.run(["docker", "rm", "-f", container], check=False)
+    # Docker's own traces in an exported container.
+    (into / ".dockerenv").unlink(missing_ok=True)
+
+
+def build_bootable_card(out: Path, *, l4t: L4TRelease, board: str = "t210ref",
+                        on_step: Callable[[str], None] = lambda s: None) -> Path:
+    """A bootable JetPack-shaped card image at `out` (sparse, ~4 GiB apparent)."""
+    tag = ensure_card_rootfs(docker.from_env(timeout=300), on_step)
+    work = state_dir() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="card-root-", dir=work))
+    try:
+        on_step(f"making the card image {out} (L4T {l4t})")
+        _export(tag, root)
+        (root / "etc/nv_tegra_release").write_text(format_nv_tegra_release(l4t, board))
+        (root / "etc/hostname").write_text("tegra-ubuntu\n")
+        (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 tegra-ubuntu\n")
+        build_test_image(out, app_size=APP_SIZE, l4t=l4t, board=board, rootfs=root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
