@@ -79,8 +79,11 @@ DAEMON_JSON = """{
 
 BINFMT = """#!/bin/sh
 # Lab only: a card node on x86 runs arm64 images through the host's QEMU handler, as the
-# container lab nodes do. A real Jetson is arm64 itself.
-mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+# container lab nodes do (a real Jetson is arm64 itself). binfmt_misc is one for the whole
+# kernel here, and something in the card's shutdown flushed the host's handlers when it was
+# mounted writable: read-only shows them and lets nothing change them.
+mountpoint -q /proc/sys/fs/binfmt_misc || \
+    mount -t binfmt_misc -o ro binfmt_misc /proc/sys/fs/binfmt_misc
 """
 
 
@@ -153,4 +156,8 @@ SYMLINKS: tuple[tuple[str, str], ...] = (
     ("/etc/systemd/system/sysinit.target.wants/fleetimg-lab-binfmt.service",
      "/lib/systemd/system/fleetimg-lab-binfmt.service"),
     ("/etc/skel/Desktop/l4t-readme.desktop", "/usr/share/applications/l4t-readme.desktop"),
+    # binfmt_misc is one for the whole kernel here: the card's systemd-binfmt would flush the
+    # host's registrations (qemu-aarch64 included) when the card boots. Lab only.
+    ("/etc/systemd/system/systemd-binfmt.service", "/dev/null"),
+    ("/etc/systemd/system/proc-sys-fs-binfmt_misc.automount", "/dev/null"),
 )
