@@ -26,10 +26,14 @@ def registry() -> None:
 @click.option("--on", "on", default="local", show_default=True,
               type=click.Choice(["local", "master"]),
               help="local: this workstation runs Debian's docker-registry.")
+@click.option("--auth", is_flag=True,
+              help="Nodes must log in to pull (user 'fleet', a random password kept 0600 in "
+              "fleetimg's state; `registry configure` logs every node in).")
 @pass_app
-def up(app: AppContext, on: str) -> None:
-    """Start the registry (idempotent)."""
-    info = reg.registry_up(app.fleet(), on)
+def up(app: AppContext, on: str, auth: bool) -> None:
+    """Start the registry (idempotent): read-only on the fleet's network, pushes only from
+    this machine, no deletes."""
+    info = reg.registry_up(app.fleet(), on, auth=auth)
     click.echo(f"registry at {info.url}: read-only, on the fleet's network only (nodes pull "
                f"there); pushes go through {info.upload_endpoint} on this machine; no deletes; "
                f"storage {info.root}")

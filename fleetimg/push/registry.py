@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import time
@@ -22,8 +23,10 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import bcrypt
 import requests
 
+from fleetimg import private
 from fleetimg import run as runmod
 from fleetimg.errors import PushError, UsageError
 from fleetimg.inventory import Fleet, Node, Runtime
@@ -49,6 +52,7 @@ class RegistryInfo:
     root: Path
     upload_port: int = UPLOAD_PORT
     upload_pid: int | None = None
+    auth: bool = False  # the fleet side asks for the user and password in `credentials`
 
     @property
     def endpoint(self) -> str:
@@ -64,13 +68,44 @@ class RegistryInfo:
 
     @property
     def listening(self) -> list[dict[str, str]]:
-        return [{"address": self.endpoint, "access": "read-only", "for": "fleet nodes"},
+        who = f"fleet nodes with the user {AUTH_USER!r}" if self.auth else "fleet nodes"
+        return [{"address": self.endpoint, "access": "read-only", "for": who},
                 {"address": self.upload_endpoint, "access": "push",
                  "for": "this workstation only"}]
 
 
 def _dir() -> Path:
     return state_dir() / "registry"
+
+
+AUTH_USER = "fleet"
+
+
+def credentials() -> tuple[str, str] | None:
+    """(user, password) for the fleet side when it asks for them."""
+    path = _dir() / "credentials"
+    if not path.exists():
+        return None
+    user, _, password = path.read_text().strip().partition(":")
+    return user, password
+
+
+def _ensure_credentials() -> tuple[str, str]:
+    """A random password for the fleet side, kept 0600; the registry checks its bcrypt hash
+    (Distribution's htpasswd accepts bcrypt only)."""
+    found = credentials()
+    if found is None:
+        found = (AUTH_USER, secrets.token_urlsafe(24))
+        private.write_private(_dir() / "credentials", f"{found[0]}:{found[1]}\n".encode())
+    hashed = bcrypt.hashpw(found[1].encode(), bcrypt.gensalt()).decode()
+    private.write_private(_dir() / "htpasswd", f"{found[0]}:{hashed}\n".encode())
+    return found
+
+
+def _auth_block(enabled: bool) -> str:
+    if not enabled:
+        return ""
+    return (f"auth:\n  htpasswd:\n    realm: fleetimg\n    path: {_dir() / 'htpasswd'}\n")
 
 
 def address_towards(node: Node) -> str:
@@ -100,7 +135,8 @@ def read_info() -> RegistryInfo | None:
         return None
     data = json.loads(path.read_text())
     return RegistryInfo(data["host"], data["port"], data.get("pid"), Path(data["root"]),
-                        data.get("upload_port", UPLOAD_PORT), data.get("upload_pid"))
+                        data.get("upload_port", UPLOAD_PORT), data.get("upload_pid"),
+                        bool(data.get("auth", False)))
 
 
 def _alive(pid: int | None) -> bool:
@@ -115,16 +151,19 @@ def _alive(pid: int | None) -> bool:
 
 def _healthy(url: str) -> bool:
     try:
-        return requests.get(f"{url}/v2/", timeout=2).status_code == 200
+        # 401: up, and asking for the fleet's credentials.
+        return requests.get(f"{url}/v2/", timeout=2).status_code in (200, 401)
     except requests.RequestException:
         return False
 
 
-def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool) -> int:
+def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool,
+           auth: bool = False) -> int:
     template = resources.files("fleetimg.registry_files").joinpath("config.yml.tmpl").read_text()
     config = _dir() / f"config-{role}.yml"
     config.write_text(Template(template).substitute(
-        rootdirectory=root, addr=addr, role=role, readonly="true" if readonly else "false"))
+        rootdirectory=root, addr=addr, role=role, readonly="true" if readonly else "false",
+        auth=_auth_block(auth)))
     with (_dir() / f"registry-{role}.log").open("ab") as log:
         proc = runmod.spawn([binary, "serve", str(config)], stdout=log, stderr=log,
                             detach=True)
@@ -140,7 +179,7 @@ def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool) -> 
     return proc.pid
 
 
-def registry_up(fleet: Fleet, on: str = "local") -> RegistryInfo:
+def registry_up(fleet: Fleet, on: str = "local", *, auth: bool = False) -> RegistryInfo:
     if on != "local":
         raise UsageError(
             f"--on {on}: a registry on a node is not available yet",
@@ -148,7 +187,7 @@ def registry_up(fleet: Fleet, on: str = "local") -> RegistryInfo:
         )
     host = fleet_address(fleet)
     current = read_info()
-    if (current and current.host == host and _alive(current.pid)
+    if (current and current.host == host and current.auth == auth and _alive(current.pid)
             and _alive(current.upload_pid) and _healthy(current.url)
             and _healthy(f"http://{current.upload_endpoint}")):
         return current
@@ -158,14 +197,16 @@ def registry_up(fleet: Fleet, on: str = "local") -> RegistryInfo:
     root.mkdir(parents=True, exist_ok=True)
     upload_pid = _start(binary, "upload", f"127.0.0.1:{UPLOAD_PORT}", root, readonly=False)
     try:
-        pid = _start(binary, "fleet", f"{host}:{PORT}", root, readonly=True)
+        if auth:
+            _ensure_credentials()
+        pid = _start(binary, "fleet", f"{host}:{PORT}", root, readonly=True, auth=auth)
     except BaseException:
         _stop(upload_pid)
         raise
-    info = RegistryInfo(host, PORT, pid, root, UPLOAD_PORT, upload_pid)
+    info = RegistryInfo(host, PORT, pid, root, UPLOAD_PORT, upload_pid, auth)
     (_dir() / "registry.json").write_text(json.dumps(
         {"host": host, "port": PORT, "pid": pid, "root": str(root),
-         "upload_port": UPLOAD_PORT, "upload_pid": upload_pid}))
+         "upload_port": UPLOAD_PORT, "upload_pid": upload_pid, "auth": auth}))
     return info
 
 
@@ -201,7 +242,8 @@ class RepoInfo:
 
 
 def registry_status(info: RegistryInfo) -> list[RepoInfo]:
-    base = info.url
+    # The upload side serves the same storage without asking for credentials.
+    base = f"http://{info.upload_endpoint}"
     try:
         catalog = requests.get(f"{base}/v2/_catalog", timeout=10).json().get("repositories", [])
         out = []
@@ -236,18 +278,39 @@ def merge_insecure(daemon_json: str, endpoint: str) -> str:
     return json.dumps(data, indent=4) + "\n"
 
 
-def k3s_registries_yaml(endpoint: str) -> str:
-    return (f'mirrors:\n  "{endpoint}":\n    endpoint:\n      - "http://{endpoint}"\n')
+def k3s_registries_yaml(endpoint: str, login: tuple[str, str] | None = None) -> str:
+    text = f'mirrors:\n  "{endpoint}":\n    endpoint:\n      - "http://{endpoint}"\n'
+    if login is not None:
+        text += (f'configs:\n  "{endpoint}":\n    auth:\n      username: {json.dumps(login[0])}'
+                 f'\n      password: {json.dumps(login[1])}\n')
+    return text
 
 
 def configure_node(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+    login = credentials() if info.auth else None
+    if info.auth and login is None:
+        raise PushError("the registry asks for credentials but fleetimg has none",
+                        hint="fleetimg registry down && fleetimg registry up --auth")
     if node.runtime is Runtime.K3S:
-        body = k3s_registries_yaml(info.endpoint)
-        ssh.run(node, "sudo -n mkdir -p /etc/rancher/k3s && sudo -n tee "
-                "/etc/rancher/k3s/registries.yaml >/dev/null && (sudo -n systemctl restart "
+        body = k3s_registries_yaml(info.endpoint, login)
+        # 0600: it may hold the registry's password.
+        ssh.run(node, "sudo -n mkdir -p /etc/rancher/k3s && sudo -n install -m 600 /dev/stdin "
+                "/etc/rancher/k3s/registries.yaml && (sudo -n systemctl restart "
                 "k3s-agent 2>/dev/null || sudo -n systemctl restart k3s 2>/dev/null || true)",
                 input=body, timeout=120)
         return "registries.yaml written, k3s restarted"
+    done = _configure_docker(ssh, node, info)
+    if login is not None:
+        # The password travels on stdin, never in a command line or a log.
+        user = shlex.quote(login[0])
+        ssh.run(node, f"if docker version >/dev/null 2>&1; then d=docker; else d='sudo -n "
+                f"docker'; fi; $d login --username {user} --password-stdin "
+                f"{shlex.quote(info.endpoint)} >/dev/null", input=login[1] + "\n", timeout=60)
+        done += "; logged in"
+    return done
+
+
+def _configure_docker(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
     current = ssh.run(node, "sudo -n cat /etc/docker/daemon.json 2>/dev/null || true",
                       timeout=30).stdout
     try:

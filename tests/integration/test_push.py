@@ -10,6 +10,7 @@ import ipaddress
 import json
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -164,6 +165,38 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
         daemon = ssh.run(lab_fleet.node("node1"), "cat /etc/docker/daemon.json").stdout
         assert f"{lab_fleet.gateway}:5000" in daemon
         assert_registry_serves_only_the_fleet(lab_fleet, ssh, "fleetimg-test/push-app")
+    finally:
+        fleetimg("registry", "down")
+
+
+def test_registry_with_auth_serves_only_logged_in_nodes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, isolated_state: Path
+) -> None:
+    inv = str(lab_fleet.path)
+    v5 = build_app_image("fleetimg-test/push-app:v5", app="print('with auth')\n")
+    proc = fleetimg("-i", inv, "registry", "up", "--auth")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        creds = isolated_state / "registry" / "credentials"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        user, _, password = creds.read_text().strip().partition(":")
+        fleet_side = f"http://{lab_fleet.gateway}:5000/v2/"
+        assert requests.get(fleet_side, timeout=10).status_code == 401
+        assert requests.get(fleet_side, auth=(user, password), timeout=10).status_code == 200
+        proc = fleetimg("-i", inv, "registry", "configure")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "logged in" in proc.stdout
+        assert password not in proc.stdout + proc.stderr
+        code, data = fleetimg_json("-i", inv, "push", v5, "--via", "registry")
+        assert code == 0, data
+        assert_every_node_has(ssh, lab_fleet, v5, docker_client.images.get(v5).id)
+        # A node that never logged in cannot pull.
+        node = lab_fleet.node("node3")
+        ssh.run(node, f"docker logout {lab_fleet.gateway}:5000 >/dev/null")
+        denied = ssh.run(node, f"docker pull {lab_fleet.gateway}:5000/fleetimg-test/push-app:v5",
+                         check=False)
+        assert denied.returncode != 0
+        assert "no basic auth credentials" in denied.stderr or "unauthorized" in denied.stderr
     finally:
         fleetimg("registry", "down")
 
