@@ -190,3 +190,18 @@ def spawn(
     if not detach:
         stop.track(proc)
     return proc
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process runs. A child of ours that ended is reaped here, or it would linger
+    as a zombie that still answers signal 0."""
+    if not pid:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -58,18 +58,6 @@ def _state_file(name: str) -> Path:
     return _boot_dir() / name / "state.json"
 
 
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        # Our own child (boot and stop in one process): reap it, or it lingers as a zombie.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def booted_cards() -> list[BootedCard]:
     out = []
     for path in sorted(_boot_dir().glob("*/state.json")):
@@ -122,7 +110,7 @@ def _forget_host_key(fleet: Fleet, node: Node) -> None:
 def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not runmod.pid_alive(pid):
             return False
         with contextlib.suppress(OSError), \
                 socket.create_connection((address, 22), timeout=2) as sock:
@@ -156,7 +144,7 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
                        f"{fleet.name}", hint="write the card with fleetimg sdcard --node NAME "
                        "from this lab's fleet.toml") from None
     for other in booted_cards():
-        if other.name == node.name and _alive(other.pid):
+        if other.name == node.name and runmod.pid_alive(other.pid):
             raise LabError(f"{node.name} is already booted from {other.card}",
                            hint=f"fleetimg lab boot --stop {node.name}")
     tag = hashlib.sha256(node.name.encode()).hexdigest()[:6]
@@ -218,13 +206,13 @@ def stop_card(name: str) -> bool:
     except (ValueError, TypeError):
         path.unlink()
         return False
-    if state.pid and _alive(state.pid):
+    if state.pid and runmod.pid_alive(state.pid):
         # nspawn turns SIGTERM into a clean shutdown of the card's systemd.
         os.kill(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while _alive(state.pid) and time.monotonic() < deadline:
+        while runmod.pid_alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(state.pid):
+        if runmod.pid_alive(state.pid):
             os.kill(state.pid, signal.SIGKILL)
     runmod.run(["umount", state.mountpoint], check=False)
     runmod.run(["losetup", "-d", state.loop], check=False)

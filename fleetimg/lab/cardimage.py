@@ -12,20 +12,18 @@ pulled from any registry), as the lab node image is; each card image is made fro
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import docker
-from docker.errors import ImageNotFound
 
 from fleetimg import run as runmod
 from fleetimg.errors import LabError
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab import jetpack_standins as standins
-from fleetimg.lab.nodeimage import SUITE, debian_mirror
+from fleetimg.lab.nodeimage import SUITE, ensure_root_image
 from fleetimg.paths import state_dir
 from fleetimg.sdcard.testimage import build_test_image
 
@@ -51,33 +49,10 @@ def card_rootfs_tag() -> str:
 
 def ensure_card_rootfs(client: docker.DockerClient,
                        on_step: Callable[[str], None] = lambda s: None) -> str:
-    tag = card_rootfs_tag()
-    try:
-        client.images.get(tag)
-        return tag
-    except ImageNotFound:
-        pass
-    if os.geteuid() != 0:
-        raise LabError("building the bootable card needs root (debootstrap and chroot)",
-                       hint="run it once with sudo; later runs reuse the result")
-    runmod.require_tool("debootstrap")
-    work = state_dir() / "build"
-    work.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="lab-card-", dir=work))
-    try:
-        on_step(f"debootstrap {SUITE} (amd64) with systemd, NetworkManager and Docker from "
-                f"{debian_mirror()}: about two minutes, once")
-        runmod.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                    SUITE, str(root), debian_mirror()], timeout=1800,
-                   hint="check that Debian's package mirror is reachable "
-                   "(FLEETIMG_DEBIAN_MIRROR chooses another)")
-        on_step("adding JetPack's first-boot machinery (stand-ins)")
-        _configure(root)
-        on_step(f"keeping the root filesystem as {tag}")
-        _import(root, tag)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return tag
+    return ensure_root_image(
+        client, card_rootfs_tag(), PACKAGES, _configure, on_step,
+        what="the bootable card's root filesystem", changes=("LABEL io.fleetimg.lab-card=1",),
+        configure_step="adding JetPack's first-boot machinery (stand-ins)")
 
 
 def _configure(root: Path) -> None:
@@ -99,21 +74,6 @@ def _configure(root: Path) -> None:
     (root / "etc/machine-id").write_text("")
     (root / "etc/hostname").write_text("tegra-ubuntu\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 tegra-ubuntu\n")
-    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
-    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
-
-
-def _import(root: Path, tag: str) -> None:
-    tar = runmod.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
-    assert tar.stdout is not None
-    importer = runmod.spawn(["docker", "import", "-c", "LABEL io.fleetimg.lab-card=1", "-",
-                             tag], stdin=tar.stdout)
-    tar.stdout.close()
-    _, err = importer.communicate()
-    if tar.wait() != 0 or importer.returncode != 0:
-        raise LabError(f"keeping the card root filesystem failed: "
-                       f"{err.decode(errors='replace').strip()}",
-                       hint="is the Docker engine running? `fleetimg doctor`")
 
 
 def _export(tag: str, into: Path) -> None:

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -53,7 +53,20 @@ def node_image_tag() -> str:
 def ensure_node_image(
     client: docker.DockerClient, on_step: Callable[[str], None] = lambda s: None
 ) -> str:
-    tag = node_image_tag()
+    return ensure_root_image(
+        client, node_image_tag(), PACKAGES, _configure_root, on_step,
+        what="the lab node image", changes=(
+            'ENTRYPOINT ["/usr/local/sbin/fleetimg-lab-init"]', "LABEL io.fleetimg.lab-node=1"),
+        configure_step="configuring the node user, sudo and sshd")
+
+
+def ensure_root_image(
+    client: docker.DockerClient, tag: str, packages: Sequence[str],
+    configure: Callable[[Path], None], on_step: Callable[[str], None], *, what: str,
+    changes: Sequence[str], configure_step: str,
+) -> str:
+    """A Debian root filesystem made by debootstrap, configured, and kept as the Docker
+    image `tag` (nothing pulled from a registry); built only when `tag` is missing."""
     try:
         client.images.get(tag)
         return tag
@@ -61,25 +74,28 @@ def ensure_node_image(
         pass
     if os.geteuid() != 0:
         raise LabError(
-            "building the lab node image needs root (debootstrap and chroot)",
-            hint="run `sudo fleetimg lab up ...` once; later runs reuse the image",
+            f"building {what} needs root (debootstrap and chroot)",
+            hint="run the command once with sudo; later runs reuse the image",
         )
     runmod.require_tool("debootstrap")
     work = state_dir() / "build"
     work.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="lab-node-", dir=work))
+    root = Path(tempfile.mkdtemp(prefix="lab-root-", dir=work))
     try:
-        on_step(f"debootstrap {SUITE} (amd64) from {debian_mirror()}: about a minute")
+        on_step(f"debootstrap {SUITE} (amd64) for {what} from {debian_mirror()}: a minute "
+                "or two, once")
         runmod.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             SUITE, str(root), debian_mirror()],
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+             SUITE, str(root), debian_mirror()], timeout=1800,
             hint="check that Debian's package mirror is reachable "
             "(FLEETIMG_DEBIAN_MIRROR chooses another)",
         )
-        on_step("configuring the node user, sudo and sshd")
-        _configure_root(root)
+        on_step(configure_step)
+        configure(root)
+        shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         on_step(f"importing the root filesystem as {tag}")
-        _import_root(root, tag)
+        _import_root(root, tag, changes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return tag
@@ -102,21 +118,16 @@ def _configure_root(root: Path) -> None:
     init = root / "usr/local/sbin/fleetimg-lab-init"
     init.write_text(init_script())
     init.chmod(0o755)
-    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
-    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "etc/hostname").write_text("lab-node\n")
 
 
-def _import_root(root: Path, tag: str) -> None:
+def _import_root(root: Path, tag: str, changes: Sequence[str]) -> None:
     tar = runmod.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
     assert tar.stdout is not None
-    importer = runmod.spawn(
-        ["docker", "import",
-         "-c", 'ENTRYPOINT ["/usr/local/sbin/fleetimg-lab-init"]',
-         "-c", "LABEL io.fleetimg.lab-node=1",
-         "-", tag],
-        stdin=tar.stdout,
-    )
+    argv = ["docker", "import"]
+    for change in changes:
+        argv += ["-c", change]
+    importer = runmod.spawn([*argv, "-", tag], stdin=tar.stdout)
     tar.stdout.close()
     _, err = importer.communicate()
     if tar.wait() != 0 or importer.returncode != 0:

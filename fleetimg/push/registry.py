@@ -139,16 +139,6 @@ def read_info() -> RegistryInfo | None:
                         bool(data.get("auth", False)))
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _healthy(url: str) -> bool:
     try:
         # 401: up, and asking for the fleet's credentials.
@@ -187,8 +177,8 @@ def registry_up(fleet: Fleet, on: str = "local", *, auth: bool = False) -> Regis
         )
     host = fleet_address(fleet)
     current = read_info()
-    if (current and current.host == host and current.auth == auth and _alive(current.pid)
-            and _alive(current.upload_pid) and _healthy(current.url)
+    if (current and current.host == host and current.auth == auth and runmod.pid_alive(current.pid)
+            and runmod.pid_alive(current.upload_pid) and _healthy(current.url)
             and _healthy(f"http://{current.upload_endpoint}")):
         return current
     registry_down()  # a half-running or moved registry is restarted whole
@@ -211,7 +201,7 @@ def registry_up(fleet: Fleet, on: str = "local", *, auth: bool = False) -> Regis
 
 
 def _stop(pid: int | None) -> None:
-    if _alive(pid):
+    if runmod.pid_alive(pid):
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
 
