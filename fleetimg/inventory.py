@@ -16,7 +16,7 @@ from typing import Any
 
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import InventoryError, UsageError
-from fleetimg.l4t import KNOWN_FAMILIES_TEXT, L4TRelease
+from fleetimg.l4t import KNOWN_FAMILIES_TEXT, UNSUPPORTED_FAMILIES, L4TRelease
 from fleetimg.paths import default_known_hosts
 
 
@@ -255,6 +255,10 @@ def _release(value: Any, where: str, p: _Problems) -> L4TRelease | None:
         release = L4TRelease.parse(text)
     except UsageError as exc:
         p.add(where, exc.message)
+        return None
+    if release.major in UNSUPPORTED_FAMILIES:
+        p.add(where, f"{release} is {UNSUPPORTED_FAMILIES[release.major]}, which fleetimg "
+              f"does not support yet (supported: {KNOWN_FAMILIES_TEXT})")
         return None
     if not release.family_known:
         p.add(where, f"{release} is not an L4T release fleetimg knows (known families: "

@@ -41,12 +41,16 @@ JETPACK_BY_L4T: dict[tuple[int, int, int], str] = {
     (36, 4, 0): "6.1",
     (36, 4, 3): "6.2",
     (36, 4, 4): "6.2.1",
+    (36, 4, 7): "6.2.1",  # apt upgrades a 6.2.1 board to 36.4.7
 }
 
 # L4T major releases -> their JetPack generation.
 KNOWN_FAMILIES: dict[int, str] = {32: "JetPack 4", 34: "JetPack 5.0 DP", 35: "JetPack 5",
                                   36: "JetPack 6"}
 KNOWN_FAMILIES_TEXT = ", ".join(f"R{m} = {jp}" for m, jp in KNOWN_FAMILIES.items())
+# JetPack 7 (R38 on Thor, R39 with Orin support): SBSA arm64 images, not L4T containers.
+# Refused in one line until fleetimg builds for them; nothing is guessed.
+UNSUPPORTED_FAMILIES: dict[int, str] = {38: "JetPack 7.0/7.1 (Thor)", 39: "JetPack 7.2"}
 
 # BOARD field of nv_tegra_release -> what it means to a person.
 BOARDS: dict[str, str] = {
@@ -183,4 +187,12 @@ def host_runs_image(host: L4TRelease, image: L4TRelease) -> tuple[bool, str]:
             f"JetPack 4 mounts CUDA from the host: image {image} needs a board on exactly that "
             f"release (or R32.7.x with an R32.7 image), board runs {host}"
         )
+    if host.major == 36:
+        # NVIDIA changed the rule in 2024-10 (jetson-containers l4t_version_compatible):
+        # R36.0-36.3 boards take R36.0-36.3 images, R36.4+ boards take R36.4+ images.
+        if (host.minor >= 4) != (image.minor >= 4):
+            side = "R36.4 and later" if host.minor >= 4 else "R36.0 to R36.3"
+            return False, (f"image {image} and board {host} are on either side of R36.4: "
+                           f"an {side} board needs an image built for {side}")
+        return True, f"{image} image runs on an R36.{host.minor} board"
     return True, f"any R{host.major} image runs on an R{host.major} board"

@@ -81,6 +81,12 @@ def plan_build(
 ) -> BuildPlan:
     images = group.images
     if target.needs_triton and not images.triton:
+        if images.l4t.major >= 36:
+            raise UsageError(
+                f"Triton on JetPack {images.jetpack} (L4T {images.l4t}) is NGC's "
+                "tritonserver:YY.MM-py3-igpu image, which the triton target does not build "
+                "on yet", hint="build triton for R32 or R35 boards, or run NGC's igpu image "
+                "as it is")
         raise UsageError(
             f"NVIDIA published no Triton release for JetPack {images.jetpack} (L4T "
             f"{images.l4t})", hint="Triton for Jetson starts at JetPack 4.6 (R32.6.1)")

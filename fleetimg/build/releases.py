@@ -7,10 +7,12 @@ from importlib import resources
 
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import UsageError
-from fleetimg.l4t import L4TRelease
+from fleetimg.l4t import KNOWN_FAMILIES_TEXT, UNSUPPORTED_FAMILIES, L4TRelease
 
 NEWEST_R32 = L4TRelease(32, 7, 1)
 NEWEST_R35 = L4TRelease(35, 4, 1)
+# There is no r36.4.3 (JetPack 6.2) or later tag: R36.4+ boards use r36.4.0 images.
+NEWEST_R36 = L4TRelease(36, 4, 0)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,15 @@ def images_for(l4t: L4TRelease) -> ReleaseImages:
         return table[NEWEST_R32]  # R32.7.2+ has no images; any R32.7 image runs on R32.7.x
     if l4t.major == 35 and l4t.minor >= 3:
         return table[NEWEST_R35]  # R35.5+ has no images; any R35 image runs on any R35
+    if l4t.major == 36 and l4t >= NEWEST_R36:
+        return table[NEWEST_R36]  # R36.4.x boards take R36.4+ images
+    if l4t.major in UNSUPPORTED_FAMILIES:
+        raise UsageError(f"L4T {l4t} is {UNSUPPORTED_FAMILIES[l4t.major]}: not supported yet",
+                         hint=f"supported: {KNOWN_FAMILIES_TEXT} "
+                         f"({', '.join(str(r) for r in sorted(table))} and their point "
+                         "releases)")
     raise UsageError(
         f"no NGC base images for L4T {l4t}",
-        hint=f"supported: {', '.join(str(r) for r in sorted(table))}, R32.7.x and R35.3+",
+        hint=f"supported: {', '.join(str(r) for r in sorted(table))}, R32.7.x, R35.3+ and "
+        "R36.4+",
     )

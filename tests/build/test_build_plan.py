@@ -7,7 +7,7 @@ import pytest
 from fleetimg import inventory
 from fleetimg.build.builder import BuildOptions, build_argv, parse_failure
 from fleetimg.build.plan import board_releases, group_releases, plan_build, single_group
-from fleetimg.build.releases import images_for
+from fleetimg.build.releases import images_for, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.errors import UsageError
 from fleetimg.l4t import L4TRelease
@@ -134,3 +134,52 @@ def test_failure_names_the_step() -> None:
         "build failed at step [3/4] RUN pip3 install --no-cache-dir horovod==0.28.1 "
         "(exit code 1)")
     assert parse_failure(["boom"]) == "build failed: boom"
+
+
+@pytest.mark.parametrize(("l4t", "image_release", "base", "pytorch"), [
+    ("R36.2.0", "R36.2.0", "nvcr.io/nvidia/l4t-jetpack:r36.2.0", "dustynv/l4t-pytorch:r36.2.0"),
+    ("R36.3.0", "R36.3.0", "nvcr.io/nvidia/l4t-jetpack:r36.3.0", "dustynv/l4t-pytorch:r36.2.0"),
+    ("R36.4.0", "R36.4.0", "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "dustynv/l4t-pytorch:r36.4.0"),
+    # JetPack 6.2 and 6.2.1 have no tags of their own; later point releases by rule.
+    ("R36.4.3", "R36.4.0", "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "dustynv/l4t-pytorch:r36.4.0"),
+    ("R36.4.4", "R36.4.0", "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "dustynv/l4t-pytorch:r36.4.0"),
+    ("R36.4.7", "R36.4.0", "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "dustynv/l4t-pytorch:r36.4.0"),
+    ("R36.5.0", "R36.4.0", "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "dustynv/l4t-pytorch:r36.4.0"),
+    # The last releases of the older generations.
+    ("R32.7.6", "R32.7.1", "nvcr.io/nvidia/l4t-base:r32.7.1",
+     "nvcr.io/nvidia/l4t-pytorch:r32.7.1-pth1.10-py3"),
+    ("R35.6.4", "R35.4.1", "nvcr.io/nvidia/l4t-jetpack:r35.4.1",
+     "nvcr.io/nvidia/l4t-pytorch:r35.2.1-pth2.0-py3"),
+])
+def test_jetpack_6_and_last_point_releases_resolve(tmp_path: Path, l4t: str, image_release: str,
+                                                   base: str, pytorch: str) -> None:
+    images = images_for(L4TRelease.parse(l4t))
+    assert str(images.l4t) == image_release and images.base == base
+    assert plan_for("pytorch", l4t, tmp_path).base == pytorch
+    assert plan_for("horovod", l4t, tmp_path).base == pytorch
+    assert plan_for("pytorch", l4t, tmp_path).labels["io.fleetimg.l4t"] == image_release
+
+
+def test_every_row_of_the_table_resolves_for_every_target_it_has(tmp_path: Path) -> None:
+    for rel, images in load_table().items():
+        for target in target_names():
+            if target == "triton" and images.triton is None:
+                continue
+            assert plan_for(target, str(rel), tmp_path).base, (target, rel)
+
+
+def test_triton_on_jetpack_6_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"tritonserver:YY\.MM-py3-igpu"):
+        plan_for("triton", "R36.4.3", tmp_path)
+
+
+@pytest.mark.parametrize(("l4t", "match"), [
+    ("R28.2.1", r"no NGC base images for L4T R28\.2\.1"),
+    ("R34.1.1", r"no NGC base images for L4T R34\.1\.1"),
+    ("R38.2.0", r"R38\.2\.0 is JetPack 7\.0/7\.1 \(Thor\): not supported yet"),
+    ("R39.0.0", r"R39\.0\.0 is JetPack 7\.2: not supported yet"),
+    ("R36.1.0", r"no NGC base images for L4T R36\.1\.0"),
+])
+def test_releases_without_images_are_refused(l4t: str, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        images_for(L4TRelease.parse(l4t))

@@ -101,3 +101,13 @@ def test_bad_sdcard_user_is_reported_there(tmp_path: Path) -> None:
 ])
 def test_failure_lines_name_the_node_once(message: str, line: str) -> None:
     assert node_message("node2", message) == line
+
+
+@pytest.mark.parametrize(("release", "name"), [("R38.2.0", "JetPack 7.0/7.1 (Thor)"),
+                                               ("R39.0", "JetPack 7.2")])
+def test_jetpack_7_is_refused_naming_what_is_supported(tmp_path: Path, release: str,
+                                                       name: str) -> None:
+    inv = starter(tmp_path, ('l4t = "R32.7.1"', f'l4t = "{release}"'))
+    proc = fleetimg("-i", str(inv), "nodes")
+    assert_clean_error(proc, 2, f"is {name}, which fleetimg does not support yet",
+                       "R36 = JetPack 6")

@@ -84,3 +84,16 @@ def test_host_runs_image(host: str, image: str, ok: bool) -> None:
     result, why = host_runs_image(L4TRelease.parse(host), L4TRelease.parse(image))
     assert result is ok, why
     assert why
+
+
+@pytest.mark.parametrize(("host", "image", "ok"), [
+    ("R36.3.0", "R36.2.0", True),
+    ("R36.2.0", "R36.3.0", True),
+    ("R36.4.3", "R36.4.0", True),
+    ("R36.4.7", "R36.4.3", True),
+    ("R36.4.3", "R36.2.0", False),  # across 36.3/36.4: NVIDIA's 2024-10 rule
+    ("R36.3.0", "R36.4.0", False),
+    ("R36.4.3", "R35.4.1", False),
+])
+def test_jetpack_6_compatibility(host: str, image: str, ok: bool) -> None:
+    assert host_runs_image(L4TRelease.parse(host), L4TRelease.parse(image))[0] is ok
