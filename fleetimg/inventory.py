@@ -36,23 +36,37 @@ class Module:
     description: str
     soc: str
     compute_capability: str
+    # Part numbers in /proc/device-tree/compatible that mean this module.
+    part_numbers: tuple[str, ...] = ()
+    # The devkit's Ethernet port as the kernel names it: a Realtek PCIe NIC on the Orin
+    # Nano/NX devkits (unverified on every carrier: probe reads `ip -o link`).
+    ethernet: str = "eth0"
 
 
 MODULES: Mapping[str, Module] = {
     m.name: m
     for m in (
-        Module("nano-4gb", "Jetson Nano 4GB", "t210", "5.3"),
-        Module("nano-2gb", "Jetson Nano 2GB", "t210", "5.3"),
-        Module("tx1", "Jetson TX1", "t210", "5.3"),
-        Module("tx2", "Jetson TX2", "t186", "6.2"),
-        Module("tx2-nx", "Jetson TX2 NX", "t186", "6.2"),
-        Module("xavier-nx", "Jetson Xavier NX", "t194", "7.2"),
-        Module("agx-xavier", "Jetson AGX Xavier", "t194", "7.2"),
-        Module("orin-nano", "Jetson Orin Nano", "t234", "8.7"),
-        Module("orin-nx", "Jetson Orin NX", "t234", "8.7"),
-        Module("agx-orin", "Jetson AGX Orin", "t234", "8.7"),
+        Module("nano-4gb", "Jetson Nano 4GB", "t210", "5.3", ("p3448",)),
+        Module("nano-2gb", "Jetson Nano 2GB", "t210", "5.3", ("p3448", "p3541")),
+        Module("tx1", "Jetson TX1", "t210", "5.3", ("p2180",)),
+        Module("tx2", "Jetson TX2", "t186", "6.2", ("p3310", "p3489")),
+        Module("tx2-nx", "Jetson TX2 NX", "t186", "6.2", ("p3636",)),
+        Module("xavier-nx", "Jetson Xavier NX", "t194", "7.2", ("p3668",)),
+        Module("agx-xavier", "Jetson AGX Xavier", "t194", "7.2", ("p2888",)),
+        Module("orin-nano", "Jetson Orin Nano", "t234", "8.7",
+               ("p3767-0003", "p3767-0004", "p3767-0005"), "enP8p1s0"),
+        Module("orin-nx", "Jetson Orin NX", "t234", "8.7", ("p3767-0000", "p3767-0001"),
+               "enP8p1s0"),
+        Module("agx-orin", "Jetson AGX Orin", "t234", "8.7", ("p3701",)),
     )
 }
+
+
+def modules_for_compatible(compatible: str) -> tuple[str, ...]:
+    """Inventory module names a device-tree `compatible` string can mean (a Nano's p3448
+    is either Nano module), best first; () when none is known."""
+    return tuple(m.name for m in MODULES.values()
+                 if any(part in compatible for part in m.part_numbers))
 
 IMPLICIT_GROUPS = ("all-nodes", "masters", "workers")
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
@@ -62,7 +76,7 @@ _SHA512_CRYPT_RE = re.compile(r"\$6\$(rounds=[0-9]{4,9}\$)?[./0-9A-Za-z]{1,16}\$
 
 FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
-    "known_hosts", "relay_auth",
+    "known_hosts", "relay_auth", "firmware",
 }
 RELAY_AUTH = ("internal-key", "agent")
 # The fleet-internal key pair for node-to-node SSH lives beside fleet.toml under this name.
@@ -70,6 +84,7 @@ INTERNAL_KEY_NAME = "fleet_internal_ed25519"
 SDCARD_KEYS = {
     "image", "user", "password_hash", "authorized_keys", "groups", "headless", "max_power",
     "swap", "docker_nvidia_default", "k3s_server", "k3s_token_file", "internal_ssh_key",
+    "power_mode",
 }
 DEFAULT_USER_GROUPS = (
     "adm", "cdrom", "sudo", "audio", "dip", "video", "plugdev", "i2c", "gpio", "lpadmin",
@@ -78,6 +93,7 @@ DEFAULT_USER_GROUPS = (
 _SWAP_RE = re.compile(r"^(off|zram|[1-9][0-9]*[MG])$")
 NODE_KEYS = {
     "name", "address", "role", "module", "groups", "user", "ssh_key", "port", "l4t", "runtime",
+    "firmware",
 }
 
 
@@ -93,6 +109,9 @@ class Node:
     l4t: L4TRelease
     runtime: Runtime
     groups: tuple[str, ...] = ()
+    # The board's QSPI/UEFI firmware release where known (`nvbootctrl dump-slots-info`):
+    # a card of a newer L4T major does not boot on older firmware.
+    firmware: L4TRelease | None = None
 
     @property
     def is_master(self) -> bool:
@@ -115,6 +134,8 @@ class SdcardSettings:
     k3s_server: str | None = None
     k3s_token_file: Path | None = None
     internal_ssh_key: bool = False
+    # A power mode by name from the board's /etc/nvpmodel.conf ("25W"); else max_power.
+    power_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +288,27 @@ def _release(value: Any, where: str, p: _Problems) -> L4TRelease | None:
     return release
 
 
+def _power_mode(value: Any, p: _Problems) -> str | None:
+    text = _str(value, "sdcard.power_mode", p)
+    if text is not None and not re.fullmatch(r"[A-Za-z0-9_]{1,32}", text):
+        p.add("sdcard.power_mode", f"{text!r}: a mode name from nvpmodel.conf, e.g. 25W or "
+              "MAXN_SUPER")
+        return None
+    return text
+
+
+def _firmware(value: Any, where: str, p: _Problems) -> L4TRelease | None:
+    text = _str(value, where, p)
+    if text is None:
+        return None
+    try:
+        return L4TRelease.parse(text.split("-")[0])  # "36.4.3-gcid-38968081" as printed
+    except UsageError:
+        p.add(where, f"{text!r}: a firmware release like 35.5.0 (`sudo nvbootctrl "
+              "dump-slots-info` prints it)")
+        return None
+
+
 def _user(value: Any, where: str, p: _Problems) -> str | None:
     text = _str(value, where, p)
     if text is not None and not _USER_RE.match(text):
@@ -315,6 +357,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
     known_hosts = _path(
         fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
     ) or default_known_hosts()
+    firmware = _firmware(fleet_t.get("firmware"), "fleet.firmware", p)
     relay_auth = _str(fleet_t.get("relay_auth"), "fleet.relay_auth", p)
     if relay_auth is not None and relay_auth not in RELAY_AUTH:
         p.add("fleet.relay_auth", f"unknown value {relay_auth!r} (one of: {', '.join(RELAY_AUTH)})")
@@ -447,6 +490,8 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
             _enum(Runtime, raw.get("runtime"), f"{where}.runtime", p)
             if "runtime" in raw else runtime
         )
+        n_firmware = (_firmware(raw.get("firmware"), f"{where}.firmware", p)
+                      if "firmware" in raw else firmware)
         if None in (n_name, address, role, module, n_l4t, n_runtime):
             continue
         assert n_name is not None and address is not None and module is not None
@@ -463,6 +508,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
                 l4t=n_l4t,
                 runtime=n_runtime,
                 groups=tuple(node_groups),
+                firmware=n_firmware,
             )
         )
 
@@ -558,6 +604,7 @@ def _parse_sdcard(
         k3s_token_file=_path(table.get("k3s_token_file"), base_dir, "sdcard.k3s_token_file",
                              p, must_exist=True),
         internal_ssh_key=_bool(table, "internal_ssh_key", False, p),
+        power_mode=_power_mode(table.get("power_mode"), p),
     )
 
 

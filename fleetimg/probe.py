@@ -8,7 +8,7 @@ from importlib import resources
 from typing import Any
 
 from fleetimg.errors import FleetimgError, UsageError
-from fleetimg.inventory import Node
+from fleetimg.inventory import Node, modules_for_compatible
 from fleetimg.l4t import L4TRelease, parse_nv_tegra_release
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.ssh import Ssh
@@ -36,6 +36,12 @@ class NodeProbe:
     tools: tuple[str, ...] = field(default=())
     self_address: str | None = None  # what the node's name resolves to there
     firstboot: str | None = None  # fleetimg's first boot: done, pending, failed: STEPS
+    compatible: tuple[str, ...] = ()  # /proc/device-tree/compatible
+    module: str | None = None  # the inventory module(s) that compatible means, "a/b"
+    module_expected: str | None = None  # the inventory's
+    l4t_package: str | None = None  # nvidia-l4t-core's exact version
+    firmware: str | None = None  # QSPI/UEFI firmware ("Current version" of nvbootctrl)
+    interfaces: tuple[str, ...] = ()
 
     @property
     def jetpack(self) -> str | None:
@@ -55,6 +61,10 @@ class NodeProbe:
         if self.self_address and self.self_address != self.address:
             out.append(f"{self.name!r} resolves to {self.self_address} on the node, not its "
                        f"fleet address {self.address}: Gloo/MPI would bind that")
+        if self.module and self.module_expected and \
+                self.module_expected not in self.module.split("/"):
+            out.append(f"the inventory says {self.module_expected}, the board is "
+                       f"{self.module} ({self.compatible[0] if self.compatible else '?'})")
         if self.firstboot and self.firstboot.startswith("failed"):
             out.append(f"fleetimg first boot {self.firstboot.replace('failed:', 'failed at')} "
                        "(journalctl -u fleetimg-firstboot)")
@@ -98,6 +108,7 @@ def parse_probe_output(node: Node, text: str) -> NodeProbe:
             pass
         else:
             l4t, board = tegra.release, tegra.board
+    compatible = tuple(kv.get("compatible", "").split())
     free_kb = kv.get("free_kb", "")
     hostname = kv.get("hostname", "")
     return NodeProbe(
@@ -121,6 +132,12 @@ def parse_probe_output(node: Node, text: str) -> NodeProbe:
         tools=tuple(t for t in kv.get("tools", "").split(",") if t),
         self_address=kv.get("self_address") or None,
         firstboot=kv.get("firstboot") or None,
+        compatible=compatible,
+        module="/".join(modules_for_compatible(" ".join(compatible))) or None,
+        module_expected=node.module.name,
+        l4t_package=kv.get("l4t_package") or None,
+        firmware=kv.get("firmware") or None,
+        interfaces=tuple(i for i in kv.get("interfaces", "").split(",") if i),
     )
 
 

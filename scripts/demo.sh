@@ -57,7 +57,7 @@ step "fleetimg sdcard: a per-node SD card image for node2, from a Jetson-like te
 [ -f "$work/jetson-r32.7.1.img" ] || fleetimg lab sdimage "$work/jetson-r32.7.1.img"
 fleetimg sdcard --node node2 --image "$work/jetson-r32.7.1.img" "$work/node2.img" --force
 echo "--- read back from $work/node2.img without mounting:"
-for f in /etc/hostname /etc/NetworkManager/system-connections/fleetimg-eth0.nmconnection; do
+for f in /etc/hostname /etc/NetworkManager/system-connections/fleetimg-wired.nmconnection; do
     echo "# $f"
     debugfs -R "cat $f" "$work/node2.img?offset=$((28672 * 512))" 2>/dev/null
 done

@@ -10,6 +10,20 @@ fi
 if [ -r /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64; then
   echo "arm64_emulation=yes"
 fi
+# The module, from the device tree (NUL-separated; the lab keeps a copy in /etc/fleetimg-lab).
+for dt in /proc/device-tree/compatible /etc/fleetimg-lab/device-tree-compatible; do
+  if [ -r "$dt" ]; then echo "compatible=$(tr '\000' ' ' < "$dt")"; break; fi
+done
+# The exact point release (R36.4.3 boards upgrade to 36.4.7 by apt) and the firmware.
+core=$(dpkg-query -W -f='${Version}' nvidia-l4t-core 2>/dev/null) && echo "l4t_package=$core"
+if command -v nvbootctrl >/dev/null 2>&1; then
+  fw=$( (nvbootctrl dump-slots-info 2>/dev/null || sudo -n nvbootctrl dump-slots-info 2>/dev/null) \
+        | awk -F': *' '/Current version/ { print $2; exit }')
+  echo "firmware=$fw"
+elif [ -r /etc/fleetimg-lab/firmware ]; then
+  echo "firmware=$(cat /etc/fleetimg-lab/firmware)"
+fi
+echo "interfaces=$(ip -o link show 2>/dev/null | awk -F': ' '$2 != "lo" { sub(/@.*/, "", $2); printf "%s,", $2 }')"
 tools=""
 for t in zstd pigz gzip; do command -v "$t" >/dev/null 2>&1 && tools="$tools$t,"; done
 echo "tools=$tools"

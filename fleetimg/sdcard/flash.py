@@ -101,6 +101,29 @@ def prepare_source(image: Path, progress: Callable[[int, int], None] | None = No
     return SourceImage(image, raw, plan, inspect_rootfs(fs))
 
 
+FIRMWARE_CHECK = "sudo nvbootctrl dump-slots-info  (\"Current version\")"
+
+
+def check_firmware(source: SourceImage, node: Node) -> list[str]:
+    """A JetPack 6 card does not boot on firmware older than 36.0 (QSPI/UEFI are on the
+    module, not the card): refuse what is known not to boot, warn where it is unknown."""
+    tegra = source.report.tegra
+    if tegra is None or tegra.release.major < 36:
+        return []
+    if node.firmware is None:
+        return [f"{node.name}: firmware unknown; an L4T {tegra.release} card needs 36.x "
+                f"firmware on the module. Check with `{FIRMWARE_CHECK}` and set firmware in "
+                "fleet.toml"]
+    if node.firmware.major < tegra.release.major:
+        raise UsageError(
+            f"{node.name}: firmware {node.firmware} will not boot an L4T {tegra.release} card",
+            hint="update the firmware first (NVIDIA's path to JetPack 6.2: boot a JetPack "
+            "5.1.3 card, `sudo apt install nvidia-l4t-jetson-orin-nano-qspi-updater` and "
+            "reboot to 36.4.0 firmware, then write the JetPack 6 card), then set firmware in "
+            "fleet.toml")
+    return []
+
+
 def source_warnings(source: SourceImage, node: Node) -> list[str]:
     tegra = source.report.tegra
     if tegra is None:
@@ -135,7 +158,7 @@ def plan_card(
             + "; ".join(source.report.booted_markers),
             hint=CLONED_EXPLANATION,
         )
-    warnings = source_warnings(source, node)
+    warnings = source_warnings(source, node) + check_firmware(source, node)
     drive = None
     if is_device_path(target):
         drive = drives.describe(target)

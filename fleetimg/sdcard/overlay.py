@@ -168,10 +168,12 @@ def build_overlay(
         fleet_hosts=fleet_hosts).encode()))
     gw = f",{fleet.gateway}" if fleet.gateway else ""
     dns = "".join(f"{d};" for d in fleet.dns) or (f"{fleet.gateway};" if fleet.gateway else "")
-    files.append(FileSpec(f"{NM_DIR}/fleetimg-eth0.nmconnection", _template(
-        "nm-eth0.nmconnection.tmpl").substitute(
+    # Bound to the module's own port: eth0 on Nano/TX2/Xavier/AGX Orin, enP8p1s0 (a PCIe
+    # NIC) on the Orin Nano/NX devkits.
+    files.append(FileSpec(f"{NM_DIR}/fleetimg-wired.nmconnection", _template(
+        "nm-wired.nmconnection.tmpl").substitute(
             uuid=uuid.uuid4(), address=node.address, prefix=fleet.subnet.prefixlen,
-            gateway_suffix=gw, dns=dns).encode(), mode=0o600))
+            gateway_suffix=gw, dns=dns, interface=node.module.ethernet).encode(), mode=0o600))
 
     # The default user, as l4t_create_default_user.sh makes it.
     acc = _Accounts(
@@ -202,6 +204,14 @@ def build_overlay(
     days = str(int(time.time() // 86400))
     acc.shadow = [r for r in acc.shadow if r[0] != user]
     acc.shadow.append([user, pw, days, "0", "99999", "7", "", "", ""])
+    release = _image_release(fs) or node.l4t
+    if release.major >= 36 and "weston-launch" in s.groups and \
+            not any(r[0] == "weston-launch" for r in acc.group):
+        # R36's l4t_create_default_user.sh creates the group when the image lacks it.
+        used = {int(r[2]) for r in acc.group if len(r) > 2 and r[2].isdigit()}
+        wl_gid = next(g for g in range(999, 100, -1) if g not in used)
+        acc.group.append(["weston-launch", "x", str(wl_gid), ""])
+        acc.gshadow.append(["weston-launch", "!", "", ""])
     missing_groups = []
     for table in (acc.group, acc.gshadow):
         names = {r[0] for r in table}
@@ -253,7 +263,7 @@ def build_overlay(
     target = "multi-user.target" if s.headless else "graphical.target"
     remove.append(DEFAULT_TARGET)
     symlinks.append(SymlinkSpec(DEFAULT_TARGET, f"/lib/systemd/system/{target}"))
-    if touches_nvautoconfig(_image_release(fs) or node.l4t):
+    if touches_nvautoconfig(release):
         # As R36's l4t_create_default_user.sh does; on R32, nv-late-init.sh would take the
         # flag as "grow APP, add a swap file, update QSPI" (docs/first-boot.md).
         dirs.append(DirSpec("/etc/nv"))
@@ -266,7 +276,7 @@ def build_overlay(
     swapfile = s.swap if s.swap not in ("off", "zram") else ""
     # Power modes are chosen by name on the board, from the /etc/nvpmodel.conf that NVIDIA's
     # first boot picks for it: IDs differ per module and release (docs/first-boot.md).
-    power_names = " ".join(MAX_POWER_MODES) if s.max_power else ""
+    power_names = s.power_mode or (" ".join(MAX_POWER_MODES) if s.max_power else "")
     conf = (f"GROW_APP=1\nMAX_POWER_NAMES=\"{power_names}\"\nSWAPFILE={swapfile}\n"
             f"NODE={node.name}\n")
     dirs.append(DirSpec("/etc/fleetimg"))

@@ -46,7 +46,7 @@ GROUPS = [("root", 0), ("daemon", 1), ("bin", 2), ("sys", 3), ("adm", 4), ("tty"
           ("disk", 6), ("dialout", 20), ("cdrom", 24), ("sudo", 27), ("audio", 29),
           ("dip", 30), ("video", 44), ("plugdev", 46), ("users", 100),
           ("systemd-journal", 101), ("systemd-network", 102), ("messagebus", 106),
-          ("i2c", 108), ("lpadmin", 115), ("gdm", 125), ("sambashare", 126),
+          ("i2c", 108), ("render", 109), ("lpadmin", 115), ("gdm", 125), ("sambashare", 126),
           ("weston-launch", 127), ("gpio", 999), ("nogroup", 65534)]
 
 

@@ -54,7 +54,7 @@ def test_node_image_has_identity_network_and_user(
     assert "192.168.10.12\tnode2" in hosts and "127.0.1.1" not in hosts
     assert "192.168.10.11\tnode1" in hosts and "192.168.10.13\tnode3" in hosts
 
-    nm = "/etc/NetworkManager/system-connections/fleetimg-eth0.nmconnection"
+    nm = "/etc/NetworkManager/system-connections/fleetimg-wired.nmconnection"
     assert owner_mode(fs, nm) == (0o600, 0, 0)
     keyfile = fs.read_text(nm) or ""
     assert "address1=192.168.10.12/24,192.168.10.1" in keyfile
@@ -122,7 +122,7 @@ def test_cards_get_unique_network_uuids(
         out = tmp_path / f"{name}.img"
         make_card(fleet, name, jetson_image, out)
         text = app_fs(out).read_text(
-            "/etc/NetworkManager/system-connections/fleetimg-eth0.nmconnection") or ""
+            "/etc/NetworkManager/system-connections/fleetimg-wired.nmconnection") or ""
         uuids.add(next(ln for ln in text.splitlines() if ln.startswith("uuid=")))
     assert len(uuids) == 2
 

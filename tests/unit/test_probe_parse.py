@@ -75,3 +75,48 @@ def test_finished_first_boot_and_fleet_address_warn_nothing(fleet: inventory.Fle
     text = text.replace("firstboot=failed: grow power", "firstboot=done")
     probe = parse_probe_output(fleet.node("node2"), text)
     assert probe.warnings == []
+
+
+def test_orin_nano_on_jetpack_6(tmp_path: Path) -> None:
+    # Field formats from NVIDIA's R36 files (nv_tegra_release's four-line form, the
+    # NUL-separated device-tree compatible, nvbootctrl's "Current version"), put together
+    # as probe.sh prints them; no Orin board was at hand to capture one.
+    path = tmp_path / "fleet.toml"
+    text = inventory.starter_toml(nodes=5, subnet="192.168.10.0/24")
+    head, sep, node5 = text.partition('name = "node5"\n')
+    node5 = node5.replace('module = "nano-4gb"', 'module = "orin-nano"\nl4t = "R36.4.3"', 1)
+    path.write_text(head + sep + node5)
+    node = inventory.load(path).node("node5")
+    assert node.module.name == "orin-nano" and node.module.ethernet == "enP8p1s0"
+    probe = parse_probe_output(node, (DATA / "probe/orin-nano-jp62.txt").read_text())
+    assert probe.l4t == L4TRelease(36, 4, 3) and probe.jetpack == "6.2"
+    assert probe.board == "generic"
+    assert probe.compatible[0] == "nvidia,p3768-0000+p3767-0005-super"
+    assert probe.module == "orin-nano"
+    assert probe.l4t_package == "36.4.7-20250918154033"
+    assert probe.firmware == "36.4.3-gcid-38968081"
+    assert probe.interfaces == ("enP8p1s0", "wlP1p1s0", "docker0")
+    assert probe.warnings == []
+
+
+def test_module_mismatch_is_reported(fleet: inventory.Fleet) -> None:
+    probe = parse_probe_output(fleet.node("node2"), (DATA / "probe/orin-nano-jp62.txt")
+                               .read_text().replace("hostname=node5", "hostname=node2")
+                               .replace("self_address=192.168.10.15",
+                                        "self_address=192.168.10.12"))
+    assert probe.module == "orin-nano" and probe.module_expected == "nano-4gb"
+    assert any("the inventory says nano-4gb, the board is orin-nano" in w
+               for w in probe.warnings)
+
+
+@pytest.mark.parametrize(("compatible", "modules"), [
+    ("nvidia,p3449-0000-b00+p3448-0000-b00 nvidia,jetson-nano nvidia,tegra210",
+     ("nano-4gb", "nano-2gb")),
+    ("nvidia,p3509-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234", ("orin-nx",)),
+    ("nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234", ("agx-orin",)),
+    ("nvidia,p3509-0000+p3668-0001 nvidia,tegra194", ("xavier-nx",)),
+    ("nvidia,p2771-0000 nvidia,p3310-1000 nvidia,tegra186", ("tx2",)),
+    ("raspberrypi,4-model-b brcm,bcm2711", ()),
+])
+def test_module_from_device_tree(compatible: str, modules: tuple[str, ...]) -> None:
+    assert inventory.modules_for_compatible(compatible) == modules
