@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Push an image to 3 lab nodes: the hand method against fleetimg, measured in one run.
 
-Hand method (../shared/seeds/003 section 4.2.1): `docker save | gzip > file`, then for each
-node in turn `scp` the file and `docker load` it. fleetimg: `fleetimg push`, nodes in
-parallel, only missing layers, zstd. Both start from nodes without the image; then a
+Hand method (as a 3-node K3s Nano cluster's field report does it): `docker save | gzip >
+file`, then for each node in turn `scp` the file and `docker load` it. fleetimg: `fleetimg
+push`, nodes in parallel, only missing layers, zstd. Both start from nodes without the image; then a
 one-line app change is pushed again both ways.
 
     python benchmarks/push_lab.py [--nodes 3] [--blob-mb 0]

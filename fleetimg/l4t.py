@@ -1,7 +1,7 @@
 """L4T releases: parsing /etc/nv_tegra_release, JetPack names, and container/host compatibility.
 
 Facts from NVIDIA's release notes and jetson-containers `l4t_version_compatible()`;
-see ../shared/JETSON-FACTS.md section 1.
+see docs/releases.md.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ DEFAULT_SUBNET = "172.29.213.0/24"
 DEFAULT_L4T = L4TRelease(32, 7, 1)
 
 # What works here instead of --privileged (which fails with "unable to apply caps"):
-# ../shared/JETSON-FACTS.md section 4.
+# docs/lab-machines.md.
 CONTAINER_OPTIONS: dict[str, Any] = {
     "cap_add": ["ALL"],
     "cap_drop": ["SYS_RESOURCE"],

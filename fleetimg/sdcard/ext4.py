@@ -1,7 +1,7 @@
 """Edit and inspect an ext4 filesystem inside a disk image or on a device, without mounting.
 
 Everything goes through debugfs/dumpe2fs/e2fsck with the `PATH?offset=BYTES` syntax of
-e2fsprogs' unix I/O manager. Traps (JETSON-FACTS section 3): debugfs exits 0 even when a
+e2fsprogs' unix I/O manager. Traps (e2fsprogs' debugfs(8)): debugfs exits 0 even when a
 command fails, so stderr is read; `write` refuses an existing file, so files are removed
 first; new files are root-owned, so every write is followed by explicit `sif` calls.
 """

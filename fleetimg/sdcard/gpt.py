@@ -1,7 +1,7 @@
 """Read a GPT partition table from a disk image or block device.
 
 Jetson SD card images are GPT with APP (the ext4 root) as partition 1, found by its
-PARTLABEL; JETSON-FACTS section 3.
+PARTLABEL; docs/first-boot.md.
 """
 
 from __future__ import annotations
