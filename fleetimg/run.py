@@ -41,6 +41,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "losetup": "mount",
     "tc": "iproute2",
     "bmaptool": "bmap-tools",
+    "systemd-nspawn": "systemd-container",
+    "docker-registry": "docker-registry",
 }
 
 

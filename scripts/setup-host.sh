@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu workstation (or CI machine) for fleetimg. Idempotent: safe to rerun.
 #   - Debian packages: Docker engine, QEMU arm64 user emulation, debootstrap, e2fsprogs,
+#     systemd-nspawn (booting lab cards),
 #     gdisk, OpenSSH, zstd/pigz
 #   - a running Docker engine (systemd if it is PID 1, else dockerd in the background)
 #   - the qemu-aarch64 binfmt handler, enabled with the F flag
@@ -14,7 +15,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(docker.io containerd qemu-user-static binfmt-support debootstrap e2fsprogs gdisk
           openssh-client openssh-server iproute2 zstd pigz python3-venv python3-pip
-          bmap-tools ca-certificates tar xz-utils unzip util-linux docker-registry)
+          bmap-tools ca-certificates tar xz-utils unzip util-linux docker-registry
+          systemd-container)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
