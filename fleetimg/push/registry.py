@@ -26,7 +26,7 @@ from string import Template
 import bcrypt
 import requests
 
-from fleetimg import private
+from fleetimg import private, stop
 from fleetimg import run as runmod
 from fleetimg.errors import PushError, UsageError
 from fleetimg.inventory import Fleet, Node, Runtime
@@ -343,7 +343,8 @@ def push_to_registry(image: LocalImage, info: RegistryInfo) -> str:
     try:
         runmod.run(["docker", "push", local_ref], timeout=3600)
     finally:
-        runmod.run(["docker", "rmi", local_ref], check=False)
+        with stop.cleanup():  # the extra local name goes even after Ctrl-C
+            runmod.run(["docker", "rmi", local_ref], check=False, timeout=30)
     return registry_ref(image, info.endpoint)
 
 
