@@ -71,3 +71,15 @@ class DiskError(FleetimgError):
 
 class LabError(FleetimgError):
     """The local lab fleet cannot be brought up or down."""
+
+
+class DriveRefused(DiskError):
+    """Writing to this target is refused for the user's safety. Exit code 2."""
+
+    exit_code = 2
+
+
+class ClonedImage(DiskError):
+    """The SD card image comes from a board that has booted. Exit code 2."""
+
+    exit_code = 2

@@ -78,7 +78,15 @@ FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
     "known_hosts", "relay_auth", "firmware",
 }
-RELAY_AUTH = ("internal-key", "agent")
+
+
+class RelayAuth(str, Enum):
+    """How nodes log in to each other to relay a push."""
+
+    INTERNAL_KEY = "internal-key"  # the fleet-internal key ([sdcard] internal_ssh_key)
+    AGENT = "agent"  # the workstation's forwarded ssh-agent
+
+
 # The fleet-internal key pair for node-to-node SSH lives beside fleet.toml under this name.
 INTERNAL_KEY_NAME = "fleet_internal_ed25519"
 SDCARD_KEYS = {
@@ -152,7 +160,7 @@ class Fleet:
     # How nodes log in to each other to relay a push: "internal-key" (the fleet-internal
     # key from [sdcard] internal_ssh_key at ~/.ssh/id_ed25519 on every node), "agent"
     # (the workstation's forwarded ssh-agent) or None (no relays).
-    relay_auth: str | None = None
+    relay_auth: RelayAuth | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -318,7 +326,8 @@ def _user(value: Any, where: str, p: _Problems) -> str | None:
     return text
 
 
-def _enum(enum: type[Role] | type[Runtime], value: Any, where: str, p: _Problems) -> Any:
+def _enum(enum: type[Role] | type[Runtime] | type[RelayAuth], value: Any, where: str,
+          p: _Problems) -> Any:
     text = _str(value, where, p)
     if text is None:
         return None
@@ -358,10 +367,8 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
         fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
     ) or default_known_hosts()
     firmware = _firmware(fleet_t.get("firmware"), "fleet.firmware", p)
-    relay_auth = _str(fleet_t.get("relay_auth"), "fleet.relay_auth", p)
-    if relay_auth is not None and relay_auth not in RELAY_AUTH:
-        p.add("fleet.relay_auth", f"unknown value {relay_auth!r} (one of: {', '.join(RELAY_AUTH)})")
-        relay_auth = None
+    relay_auth = (_enum(RelayAuth, fleet_t.get("relay_auth"), "fleet.relay_auth", p)
+                  if "relay_auth" in fleet_t else None)
 
     subnet: ipaddress.IPv4Network | None = None
     subnet_text = _str(fleet_t.get("subnet"), "fleet.subnet", p)

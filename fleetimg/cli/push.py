@@ -11,10 +11,11 @@ from tqdm import tqdm
 from fleetimg.cli.main import AppContext, pass_app
 from fleetimg.cli.nodes import TO_HELP
 from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
+from fleetimg.inventory import RelayAuth
 from fleetimg.push.engine import Delivery, PushOptions, arrange_delivery, execute, preflight
 from fleetimg.push.localimage import docker_client, resolve_image
 from fleetimg.push.plan import Action, NodePlan
-from fleetimg.push.relay import NODE_KEY_PATH, Fanout, RelayAuth, check_auth, require_agent
+from fleetimg.push.relay import NODE_KEY_PATH, Fanout, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress
 
 
@@ -59,8 +60,7 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
                           as_json=as_json)
         return
     fanout = Fanout.parse(fanout_text)
-    auth_text = relay_auth or fleet.relay_auth
-    auth = RelayAuth(auth_text) if auth_text else None
+    auth = RelayAuth(relay_auth) if relay_auth else fleet.relay_auth
     check_auth(fanout, auth)
     local = resolve_image(docker_client(), image)
     ssh = app.ssh(forward_agent=auth is RelayAuth.AGENT)

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from fleetimg import run as runmod
 from fleetimg import stop
 from fleetimg.errors import ConnectionFailed, FleetimgError, PushError
-from fleetimg.inventory import Node, Runtime
+from fleetimg.inventory import Node, RelayAuth, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
-    RelayAuth,
     RelayGroup,
     arrange,
     parse_reports,

@@ -18,14 +18,13 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, UsageError
-from fleetimg.inventory import Node
+from fleetimg.inventory import Node, RelayAuth
 from fleetimg.parallel import for_each_node
 from fleetimg.push.plan import Action, NodePlan
 from fleetimg.push.transfer import load_command
@@ -37,11 +36,6 @@ NODE_KEY_PATH = "~/.ssh/id_ed25519"
 # Relaying to a single node saves nothing; from two nodes on, the uplink carries one copy
 # instead of N.
 AUTO_MIN_NODES = 2
-
-
-class RelayAuth(str, Enum):
-    INTERNAL_KEY = "internal-key"
-    AGENT = "agent"
 
 
 @dataclass(frozen=True)

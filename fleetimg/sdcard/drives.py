@@ -12,18 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg.errors import DiskError
+from fleetimg.errors import DiskError, DriveRefused
 from fleetimg.units import human_bytes
 
 SYS_BLOCK = Path("/sys/class/block")
 LARGE_DRIVE = 128 * 10**9
 HIDDEN_PREFIXES = ("ram", "zram", "dm-", "md", "sr", "fd", "nbd")
-
-
-class DriveRefused(DiskError):
-    """Writing to this target is refused for the user's safety. Exit code 2."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

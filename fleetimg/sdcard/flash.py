@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetimg import stop
-from fleetimg.errors import DiskError, UsageError
+from fleetimg.errors import ClonedImage, DriveRefused, UsageError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.sdcard import drives
@@ -39,10 +39,6 @@ from fleetimg.sdcard.writer import (
 
 # (phase, bytes done in this call, phase total); phases: write, verify, overlay
 CardProgress = Callable[[str, int, int], None]
-
-
-class ClonedImage(DiskError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -170,16 +166,16 @@ def plan_card(
         if target.resolve() in (source.raw.resolve(), source.original.resolve()) or any(
                 target.exists() and os.path.samefile(target, s)
                 for s in (source.raw, source.original)):
-            raise drives.DriveRefused(f"{target} is the source image itself",
+            raise DriveRefused(f"{target} is the source image itself",
                                       hint="name a new file for the card image")
         if not target.parent.is_dir():
             raise UsageError(f"{target.parent} does not exist",
                              hint="create the directory first")
         if target.exists():
             if not target.is_file():
-                raise drives.DriveRefused(f"{target} exists and is not a regular file")
+                raise DriveRefused(f"{target} exists and is not a regular file")
             if not options.force:
-                raise drives.DriveRefused(f"{target} already exists",
+                raise DriveRefused(f"{target} already exists",
                                           hint="add --force to replace it, or name a new file")
             warnings.append(f"{target} exists and will be replaced (--force)")
     overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset), secrets,

@@ -14,12 +14,12 @@ import docker
 import pytest
 
 from fleetimg.errors import FleetimgError
-from fleetimg.inventory import Fleet
+from fleetimg.inventory import Fleet, RelayAuth
 from fleetimg.lab.manager import LabConfig
 from fleetimg.push.engine import PushOptions, execute, preflight
 from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
-from fleetimg.push.relay import Fanout, RelayAuth
+from fleetimg.push.relay import Fanout
 from fleetimg.push.transfer import Progress
 from fleetimg.ssh import Ssh
 from tests.integration.conftest import (

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from fleetimg import run as runmod
-from fleetimg.errors import UsageError
+from fleetimg.errors import ClonedImage, UsageError
 from fleetimg.inventory import Fleet
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.flash import (
     CardResult,
-    ClonedImage,
     SdcardOptions,
     plan_card,
     prepare_source,
