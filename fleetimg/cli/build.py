@@ -16,8 +16,7 @@ from fleetimg.build.plan import (
 )
 from fleetimg.build.releases import load_table
 from fleetimg.build.targets import load_target, target_names
-from fleetimg.cli.main import AppContext, pass_app
-from fleetimg.cli.nodes import TO_HELP
+from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import emit_json, table
 from fleetimg.inventory import Node
 from fleetimg.l4t import L4TRelease

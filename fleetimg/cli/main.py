@@ -5,35 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from fleetimg import __version__, doctor, inventory, stop
+from fleetimg.cli.context import AppContext, pass_app
 from fleetimg.cli.render import emit_json, ok_word
 from fleetimg.errors import FleetimgError, UsageError
-from fleetimg.inventory import Fleet
 from fleetimg.paths import default_inventory, log_file
-from fleetimg.ssh import Ssh, ssh_for
-
-
-@dataclass
-class AppContext:
-    inventory_path: Path
-    verbose: bool
-    _fleet: Fleet | None = field(default=None, repr=False)
-
-    def fleet(self) -> Fleet:
-        if self._fleet is None:
-            self._fleet = inventory.load(self.inventory_path)
-        return self._fleet
-
-    def ssh(self, *, forward_agent: bool = False) -> Ssh:
-        return ssh_for(self.fleet().known_hosts, forward_agent=forward_agent)
-
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

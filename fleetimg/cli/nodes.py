@@ -6,12 +6,10 @@ import sys
 
 import click
 
-from fleetimg.cli.main import AppContext, pass_app
+from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.parallel import NodeOutcome
 from fleetimg.probe import NodeProbe, probe_nodes
-
-TO_HELP = "Nodes to act on: all-nodes, masters, workers, a group, or node1,node3."
 
 
 @click.group(invoke_without_command=True)

@@ -8,8 +8,7 @@ import threading
 import click
 from tqdm import tqdm
 
-from fleetimg.cli.main import AppContext, pass_app
-from fleetimg.cli.nodes import TO_HELP
+from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.inventory import RelayAuth
 from fleetimg.push.engine import Delivery, PushOptions, arrange_delivery, execute, preflight

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import click
 
-from fleetimg.cli.main import AppContext, pass_app
-from fleetimg.cli.nodes import TO_HELP
+from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
 from fleetimg.inventory import Node
 from fleetimg.push import registry as reg

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from fleetimg.cli.main import AppContext, pass_app
+from fleetimg.cli.context import AppContext, pass_app
 from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.errors import UsageError
 from fleetimg.sdcard import drives

@@ -3,6 +3,7 @@ node's failure never stops the others."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fleetimg import run as runmod
 from fleetimg import stop
-from fleetimg.errors import ConnectionFailed, FleetimgError, PushError
+from fleetimg.errors import ConnectionFailed, FleetimgError
 from fleetimg.inventory import Node, RelayAuth, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import LocalImage
@@ -247,4 +248,8 @@ def _with_reason(error: FleetimgError | None, why: str) -> FleetimgError:
     assert error is not None
     if why in error.message:
         return error
-    return PushError(f"{error.message} (relay: {why})", hint=error.hint)
+    # The same type (ConnectionFailed stays ConnectionFailed), with the relay's story added.
+    told = copy.copy(error)
+    told.message = f"{error.message} (relay: {why})"
+    told.args = (told.message,)
+    return told

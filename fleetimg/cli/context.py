@@ -1,0 +1,32 @@
+"""What every command shares: the application context and common option help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from fleetimg import inventory
+from fleetimg.inventory import Fleet
+from fleetimg.ssh import Ssh, ssh_for
+
+TO_HELP = "Nodes to act on: all-nodes, masters, workers, a group, or node1,node3."
+
+
+@dataclass
+class AppContext:
+    inventory_path: Path
+    verbose: bool
+    _fleet: Fleet | None = field(default=None, repr=False)
+
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            self._fleet = inventory.load(self.inventory_path)
+        return self._fleet
+
+    def ssh(self, *, forward_agent: bool = False) -> Ssh:
+        return ssh_for(self.fleet().known_hosts, forward_agent=forward_agent)
+
+
+pass_app = click.make_pass_decorator(AppContext)
