@@ -90,7 +90,8 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
         if any(not p.ok or (p.value and p.value.action is Action.REFUSE) for p in plans):
             sys.exit(1)
         return
-    show_bars = not (quiet or as_json)
+    # Bars only on a terminal: in a log or CI they are carriage-return frames.
+    show_bars = not (quiet or as_json) and sys.stderr.isatty()
     total = sum(p.send_bytes for p in delivery.uplink_plans)
     lock = threading.Lock()
     total_bar = tqdm(desc="total", total=total, unit="B", unit_scale=True,

@@ -180,7 +180,8 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
     bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
 
     def progress_for(plan: CardPlan) -> CardProgress:
-        if as_json:
+        if as_json or not sys.stderr.isatty():
+            # No bar frames in a log: the result table says what was written.
             return lambda phase, n, total: None
         with lock:
             b = tqdm(desc=f"{plan.node.name} write", total=wplan.mapped_bytes,
