@@ -25,6 +25,7 @@ from docker.models.containers import Container
 
 from fleetimg import private
 from fleetimg import run as runmod
+from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
@@ -143,14 +144,14 @@ def _write_files(config: LabConfig) -> None:
         f"# Lab fleet {config.name!r} written by `fleetimg lab up`: containers playing Jetson",
         "# Nanos on this machine. `fleetimg lab down` removes them and this directory.",
         "[fleet]",
-        f'name = "{config.name}"',
-        f'user = "{LAB_USER}"',
+        f'name = {tomllib.string(config.name)}',
+        f'user = {tomllib.string(LAB_USER)}',
         'ssh_key = "id_ed25519"',
         'known_hosts = "known_hosts"',
-        f'subnet = "{config.subnet}"',
-        f'gateway = "{config.gateway}"',
+        f'subnet = {tomllib.string(config.subnet)}',
+        f'gateway = {tomllib.string(config.gateway)}',
         f'dns = ["{config.gateway}"]',
-        f'l4t = "{config.l4t}"',
+        f'l4t = {tomllib.string(config.l4t)}',
         'runtime = "docker"',
         'relay_auth = "internal-key"',
         "",
@@ -163,8 +164,8 @@ def _write_files(config: LabConfig) -> None:
         lines += [
             "[[nodes]]",
             f'name = "node{i}"',
-            f'address = "{config.address(i)}"',
-            f'role = "{"master" if i == 1 else "worker"}"',
+            f'address = {tomllib.string(config.address(i))}',
+            f'role = {tomllib.string("master" if i == 1 else "worker")}',
             'module = "nano-4gb"',
             *(['groups = ["cards"]  # boots from a card: fleetimg lab boot']
               if i > config.nodes else []),

@@ -202,3 +202,14 @@ def test_starter_rejects_bad_input() -> None:
         inventory.starter_toml(nodes=300, subnet="192.168.10.0/24")
     with pytest.raises(UsageError):
         inventory.starter_toml(nodes=2, subnet="192.168.10.0/24", module="rpi4")
+
+
+def test_starter_file_escapes_what_it_writes(tmp_path: Path) -> None:
+    # A fleet name with quotes and a backslash must not break (or inject into) the file.
+    text = inventory.starter_toml(nodes=2, subnet="192.168.10.0/24",
+                                  name='lab "a"\\b\nsubnet = "10.0.0.0/8"')
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    fleet = inventory.load(path)
+    assert fleet.name == 'lab "a"\\b\nsubnet = "10.0.0.0/8"'
+    assert str(fleet.subnet) == "192.168.10.0/24"
