@@ -132,8 +132,8 @@ def test_sigterm_stops_the_build_and_cleans_up(standin_base: str, tmp_path: Path
         pytest.fail(f"the build ended before its RUN step started (exit {proc.wait()})")
     proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 130, rest
-    assert "aborted" in rest
+    assert proc.wait(timeout=60) == 143, rest  # 128 + SIGTERM, as a shell reports it
+    assert "interrupted" in rest
     # Neither the docker client nor the staged build context outlives fleetimg.
     assert list(tmpdir.iterdir()) == []
     clients = [p for p in Path("/proc").glob("[0-9]*/cmdline")
