@@ -72,6 +72,11 @@ def _configure(root: Path) -> None:
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     (root / "etc/machine-id").write_text("")
+    _default_name(root)
+
+
+def _default_name(root: Path) -> None:
+    """NVIDIA's default hostname and its 127.0.1.1 line (the card overlay replaces both)."""
     (root / "etc/hostname").write_text("tegra-ubuntu\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 tegra-ubuntu\n")
 
@@ -104,8 +109,7 @@ def build_bootable_card(out: Path, *, l4t: L4TRelease, board: str = "t210ref",
         on_step(f"making the card image {out} (L4T {l4t})")
         _export(tag, root)
         (root / "etc/nv_tegra_release").write_text(format_nv_tegra_release(l4t, board))
-        (root / "etc/hostname").write_text("tegra-ubuntu\n")
-        (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 tegra-ubuntu\n")
+        _default_name(root)  # an exported container holds Docker's empty placeholders
         build_test_image(out, app_size=APP_SIZE, l4t=l4t, board=board, rootfs=root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
