@@ -35,12 +35,17 @@ def lab() -> None:
 @click.option("--card-nodes", default=0, show_default=True, type=click.IntRange(0, 16),
               help="Extra nodes in fleet.toml with no container: boards you write a card for "
               "(fleetimg sdcard) and boot with `fleetimg lab boot` (group 'cards').")
+@click.option("--board", "boards", multiple=True, metavar="NODE=L4T/MODULE",
+              help="A node that plays another board, e.g. node3=R36.4.3/orin-nano: its "
+              "release file, device tree, firmware and port name say so (repeatable; one lab "
+              "can mix families).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def up(nodes: int, l4t: str, subnet: str, name: str, directory: Path | None,
-       card_nodes: int, as_json: bool) -> None:
+       card_nodes: int, boards: tuple[str, ...], as_json: bool) -> None:
     """Start (or update) the lab fleet and write its fleet.toml. Idempotent."""
     config = LabConfig(name=name, nodes=nodes, l4t=L4TRelease.parse(l4t), subnet=subnet,
-                       directory=directory, card_nodes=card_nodes)
+                       directory=directory, card_nodes=card_nodes,
+                       boards=tuple(parse_board(b) for b in boards))
     fleet = lab_up(config, on_step=_step)
     if as_json:
         emit_json({"name": name, "inventory": str(config.fleet_file),
@@ -111,6 +116,19 @@ def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
                            board=board, booted=booted, payload=_size(payload))
     click.echo(f"wrote {out} ({human_bytes(out.stat().st_size)}, L4T {l4t}"
                f"{', booted' if booted else ''})")
+
+
+def parse_board(text: str) -> tuple[int, L4TRelease, str]:
+    from fleetimg.inventory import MODULES
+
+    node, _, spec = text.partition("=")
+    release, _, module = spec.partition("/")
+    index = node.strip().removeprefix("node")
+    if not index.isdigit() or not release or module not in MODULES:
+        raise UsageError(f"--board {text!r}: expected NODE=L4T/MODULE",
+                         hint=f"e.g. --board node3=R36.4.3/orin-nano; modules: "
+                         f"{', '.join(MODULES)}")
+    return int(index), L4TRelease.parse(release), module
 
 
 def _size(text: str) -> int:

@@ -27,7 +27,7 @@ from fleetimg import private
 from fleetimg import run as runmod
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import FleetimgError, LabError
-from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, load
+from fleetimg.inventory import INTERNAL_KEY_NAME, MODULES, Fleet, Node, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab.boot import booted_cards, stop_card
 from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
@@ -62,6 +62,15 @@ class LabConfig:
     # Nodes written into fleet.toml without a container: boards that boot from a card
     # (`fleetimg sdcard` then `fleetimg lab boot`), numbered after the container nodes.
     card_nodes: int = 0
+    # Nodes that play another board than the rest: {index: (release, module)}, e.g. an Orin
+    # Nano on R36.4.3 beside Nanos on R32.7.1 (one lab, two families).
+    boards: tuple[tuple[int, L4TRelease, str], ...] = ()
+
+    def board_of(self, index: int) -> LabBoard:
+        for i, release, module in self.boards:
+            if i == index:
+                return LabBoard(release, module)
+        return LabBoard(self.l4t, "nano-4gb")
 
     @property
     def dir(self) -> Path:
@@ -91,6 +100,43 @@ class LabConfig:
 
 
 @dataclass(frozen=True)
+class LabBoard:
+    """What one lab node tells probe it is (docs/releases.md, "The module")."""
+
+    l4t: L4TRelease
+    module: str
+
+    @property
+    def tegra_board(self) -> str:
+        return "generic" if self.l4t.major >= 36 else MODULE_TEGRA_BOARD.get(self.module,
+                                                                               "t210ref")
+
+    @property
+    def compatible(self) -> str:
+        return LAB_COMPATIBLE.get(self.module, "")
+
+    @property
+    def firmware(self) -> str:
+        # Module firmware matches the release the lab node runs (a flashed board's does).
+        return f"{self.l4t.major}.{self.l4t.minor}.{self.l4t.patch}" if self.l4t.major >= 36 \
+            else ""
+
+    @property
+    def ethernet(self) -> str:
+        return MODULES[self.module].ethernet
+
+
+# What NVIDIA's device trees say, per module (one example part each).
+LAB_COMPATIBLE = {
+    "nano-4gb": "nvidia,p3449-0000-b00+p3448-0000-b00 nvidia,jetson-nano nvidia,tegra210",
+    "orin-nano": "nvidia,p3768-0000+p3767-0005-super nvidia,p3767-0005 nvidia,tegra234",
+    "orin-nx": "nvidia,p3768-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234",
+    "agx-orin": "nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234",
+}
+MODULE_TEGRA_BOARD = {"tx2": "t186ref", "xavier-nx": "t186ref", "agx-xavier": "t186ref"}
+
+
+@dataclass(frozen=True)
 class LabNodeStatus:
     name: str
     container: str
@@ -114,6 +160,13 @@ def _validate(config: LabConfig) -> None:
         net = ipaddress.IPv4Network(config.subnet, strict=True)
     except ValueError as exc:
         raise LabError(f"--subnet {config.subnet!r}: {exc}", hint="e.g. 172.29.213.0/24") from exc
+    for index, release, _module in config.boards:
+        if not 1 <= index <= config.nodes + config.card_nodes:
+            raise LabError(f"--board node{index}: the lab has node1 to "
+                           f"node{config.nodes + config.card_nodes}")
+        if not release.family_known:
+            raise LabError(f"--board node{index}: {release} is not an L4T release fleetimg "
+                           "knows", hint="e.g. R32.7.1, R35.4.1, R36.4.3")
     if not 0 <= config.card_nodes <= 16:
         raise LabError(f"--card-nodes {config.card_nodes}: 0 to 16")
     if not 1 <= config.nodes + config.card_nodes <= min(64, net.num_addresses - 12):
@@ -161,12 +214,15 @@ def _write_files(config: LabConfig) -> None:
         "",
     ]
     for i in range(1, config.nodes + config.card_nodes + 1):
+        board = config.board_of(i)
         lines += [
             "[[nodes]]",
             f'name = "node{i}"',
             f'address = {tomllib.string(config.address(i))}',
             f'role = {tomllib.string("master" if i == 1 else "worker")}',
-            'module = "nano-4gb"',
+            f'module = {tomllib.string(board.module)}',
+            *([f'l4t = {tomllib.string(board.l4t)}'] if board.l4t != config.l4t else []),
+            *([f'firmware = {tomllib.string(board.firmware)}'] if board.firmware else []),
             *(['groups = ["cards"]  # boots from a card: fleetimg lab boot']
               if i > config.nodes else []),
             "",
@@ -204,7 +260,8 @@ def _ensure_network(client: docker.DockerClient, config: LabConfig) -> None:
 
 
 def _spec_hash(config: LabConfig, image: str, index: int) -> str:
-    text = "|".join([image, str(config.l4t), config.board, config.address(index),
+    board = config.board_of(index)
+    text = "|".join([image, str(board.l4t), board.module, config.address(index),
                      str(config.dir)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -212,6 +269,19 @@ def _spec_hash(config: LabConfig, image: str, index: int) -> str:
 def _lab_containers(client: docker.DockerClient, name: str) -> list[Container]:
     found = client.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
     return sorted(found, key=lambda c: c.name or "")
+
+
+def _board_environment(board: LabBoard) -> dict[str, str]:
+    """What lab-init.sh writes so the node looks like `board` to probe."""
+    env = {"FLEETIMG_TEGRA_RELEASE": format_nv_tegra_release(board.l4t,
+                                                             board.tegra_board).strip()}
+    if board.compatible:
+        env["FLEETIMG_DT_COMPATIBLE"] = board.compatible
+    if board.firmware:
+        env["FLEETIMG_FIRMWARE"] = board.firmware
+    if board.ethernet != "eth0":
+        env["FLEETIMG_ETHERNET"] = board.ethernet
+    return env
 
 
 def _start_node(
@@ -235,9 +305,7 @@ def _start_node(
         hostname=f"node{index}",
         detach=True,
         labels={LABEL: config.name, f"{LABEL}.node": f"node{index}", f"{LABEL}.spec": spec},
-        environment={
-            "FLEETIMG_TEGRA_RELEASE": format_nv_tegra_release(config.l4t, config.board).strip()
-        },
+        environment=_board_environment(config.board_of(index)),
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
             config.volume(index): {"bind": "/var/lib/docker", "mode": "rw"},

@@ -5,6 +5,21 @@ set -eu
 if [ -n "${FLEETIMG_TEGRA_RELEASE:-}" ]; then
     printf '%s\n' "$FLEETIMG_TEGRA_RELEASE" > /etc/nv_tegra_release
 fi
+# Another board than a Nano (an Orin): what probe reads from /proc/device-tree/compatible
+# (NUL-separated) and nvbootctrl on a board, and the Ethernet port's name.
+mkdir -p /etc/fleetimg-lab
+if [ -n "${FLEETIMG_DT_COMPATIBLE:-}" ]; then
+    printf '%s\0' $FLEETIMG_DT_COMPATIBLE > /etc/fleetimg-lab/device-tree-compatible
+fi
+if [ -n "${FLEETIMG_FIRMWARE:-}" ]; then
+    printf '%s\n' "$FLEETIMG_FIRMWARE" > /etc/fleetimg-lab/firmware
+fi
+if [ -n "${FLEETIMG_ETHERNET:-}" ] && ip link show eth0 >/dev/null 2>&1; then
+    gw=$(ip route show default | awk '{ print $3; exit }')
+    ip link set eth0 down && ip link set eth0 name "$FLEETIMG_ETHERNET" && \
+        ip link set "$FLEETIMG_ETHERNET" up
+    [ -n "$gw" ] && ip route replace default via "$gw" dev "$FLEETIMG_ETHERNET"
+fi
 install -d -m 700 -o jetson -g jetson /home/jetson/.ssh
 install -m 600 -o jetson -g jetson /fleetimg/authorized_keys /home/jetson/.ssh/authorized_keys
 # The fleet-internal key (as `fleetimg sdcard` writes it): node-to-node SSH for relays.
