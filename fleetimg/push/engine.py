@@ -25,12 +25,11 @@ from fleetimg.push.relay import (
     remote_command,
 )
 from fleetimg.push.transfer import (
-    CLEANUP_TIMEOUT,
     NodeResult,
     Progress,
     StreamOutcome,
+    drop_incoming,
     finish,
-    incoming_tag,
     push_node,
     stream,
     stream_tag,
@@ -231,13 +230,9 @@ def discard_incoming(ssh: Ssh, plans: Sequence[NodePlan], image: LocalImage) -> 
     senders = [p for p in plans
                if p.action is Action.SEND and p.node.runtime is Runtime.DOCKER]
 
-    def discard(node: Node) -> None:
-        plan = _plan_of(senders, node)
-        with stop.cleanup():
-            ssh.run(node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 || true",
-                    timeout=CLEANUP_TIMEOUT, check=False)
-
-    for_each_node([p.node for p in senders], discard, parallel=len(senders) or 1)
+    for_each_node([p.node for p in senders],
+                  lambda node: drop_incoming(ssh, _plan_of(senders, node), image),
+                  parallel=len(senders) or 1)
 
 
 def _plan_of(plans: Sequence[NodePlan], node: Node) -> NodePlan:

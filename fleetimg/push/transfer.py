@@ -163,6 +163,14 @@ def stream_tag(plan: NodePlan, image: LocalImage) -> str:
     return image.ref if plan.node.runtime is Runtime.K3S else incoming_tag(image)
 
 
+def drop_incoming(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
+    """Remove the temporary name from a Docker node, even after a stop, within seconds; the
+    node may be gone, and a leftover temporary name is harmless (never the real tag)."""
+    with contextlib.suppress(FleetimgError), stop.cleanup():
+        ssh.run(plan.node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 || true",
+                timeout=CLEANUP_TIMEOUT, check=False)
+
+
 def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
     """After a stream: check the node really has the image, then give it its name.
 
@@ -186,10 +194,7 @@ def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
         ssh.run(node, f"{d} tag {temp} {shlex.quote(image.ref)} && {d} rmi {temp} >/dev/null",
                 timeout=60)
     except FleetimgError:
-        # The node may be gone; a leftover temporary name is harmless and never the real tag.
-        with contextlib.suppress(FleetimgError), stop.cleanup():
-            ssh.run(node, f"{d} rmi {temp} >/dev/null 2>&1 || true", timeout=CLEANUP_TIMEOUT,
-                    check=False)
+        drop_incoming(ssh, plan, image)
         raise
 
 
@@ -212,9 +217,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
                             repo_tag=stream_tag(plan, image), progress=progress)
     except FleetimgError:
         if not k3s:
-            with contextlib.suppress(FleetimgError), stop.cleanup():
-                ssh.run(node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 "
-                        "|| true", timeout=CLEANUP_TIMEOUT, check=False)
+            drop_incoming(ssh, plan, image)
         raise
     finish(ssh, plan, image)
     return NodeResult(node.name, "imported" if k3s else "loaded", sent, raw,
