@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from fleetimg import run as runmod
@@ -75,12 +76,24 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def keypair(comment: str) -> tuple[bytes, bytes]:
+    """A new ed25519 key pair without passphrase (machines use it), in memory:
+    (private key, public key line)."""
+    with tempfile.TemporaryDirectory(prefix="fleetimg-key-") as tmp:
+        key = Path(tmp) / "key"
+        runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                    "-f", str(key)])
+        return key.read_bytes(), key.with_name("key.pub").read_bytes()
+
+
 def new_keypair(path: Path, comment: str) -> None:
-    """An ed25519 key pair without passphrase (machines use it), unless it exists: the
-    private half 0600 and, like the public half, the invoking user's."""
+    """A key pair at `path` and `path.pub`, unless it exists: the private half 0600 and,
+    like the public half, the invoking user's."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    secure(path)
-    hand_over(path.with_name(path.name + ".pub"))
+    private_key, public_key = keypair(comment)
+    write_private(path, private_key)
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(public_key)
+    hand_over(pub)

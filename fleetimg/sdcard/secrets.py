@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetimg import private
-from fleetimg import run as runmod
 from fleetimg.errors import DiskError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, Runtime
 
@@ -49,14 +47,6 @@ def node_password_path(fleet: Fleet, node: Node) -> Path:
     return fleet.base_dir / NODE_PASSWORD_DIR / node.name
 
 
-def _keypair_in_memory(comment: str) -> tuple[bytes, bytes]:
-    with tempfile.TemporaryDirectory(prefix="fleetimg-key-") as tmp:
-        key = Path(tmp) / "key"
-        runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                    "-f", str(key)])
-        return key.read_bytes(), key.with_name("key.pub").read_bytes()
-
-
 def card_secrets(fleet: Fleet, nodes: Iterable[Node]) -> CardSecrets:
     """What the cards of these nodes need, read from disk or made in memory. Writes nothing."""
     pending: list[PendingFile] = []
@@ -71,7 +61,7 @@ def card_secrets(fleet: Fleet, nodes: Iterable[Node]) -> CardSecrets:
                             hint=f"remove {path} and {pub} to make a new pair (then re-write "
                             "every card), or restore the missing half")
         else:
-            private_key, public = _keypair_in_memory(f"fleetimg-{fleet.name}-internal")
+            private_key, public = private.keypair(f"fleetimg-{fleet.name}-internal")
             pending += [PendingFile(path, private_key), PendingFile(pub, public)]
         public_key = public.decode().strip()
     passwords: dict[str, str] = {}
