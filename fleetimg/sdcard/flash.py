@@ -167,7 +167,7 @@ def plan_card(
                 target.exists() and os.path.samefile(target, s)
                 for s in (source.raw, source.original)):
             raise DriveRefused(f"{target} is the source image itself",
-                                      hint="name a new file for the card image")
+                               hint="name a new file for the card image")
         if not target.parent.is_dir():
             raise UsageError(f"{target.parent} does not exist",
                              hint="create the directory first")
@@ -176,9 +176,11 @@ def plan_card(
                 raise DriveRefused(f"{target} exists and is not a regular file")
             if not options.force:
                 raise DriveRefused(f"{target} already exists",
-                                          hint="add --force to replace it, or name a new file")
+                                   hint="add --force to replace it, or name a new file")
             warnings.append(f"{target} exists and will be replaced (--force)")
+    tegra = source.report.tegra
     overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset), secrets,
+                            image_release=tegra.release if tegra else None,
                             reset_identity=options.allow_cloned and source.report.booted)
     return CardPlan(node, target, drive, tuple(warnings), source, overlay, secrets)
 

@@ -18,7 +18,7 @@ from string import Template
 
 from fleetimg.errors import DiskError, UsageError
 from fleetimg.inventory import Fleet, Node, Role, Runtime, SdcardSettings
-from fleetimg.l4t import L4TRelease, parse_nv_tegra_release
+from fleetimg.l4t import L4TRelease
 from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, SymlinkSpec
 from fleetimg.sdcard.secrets import CardSecrets
 
@@ -85,14 +85,6 @@ def touches_nvautoconfig(release: L4TRelease) -> bool:
     return release.major >= 36
 
 
-def _image_release(fs: Ext4) -> L4TRelease | None:
-    text = fs.read_text("/etc/nv_tegra_release")
-    try:
-        return parse_nv_tegra_release(text).release if text else None
-    except UsageError:
-        return None
-
-
 @dataclass
 class _Skel:
     files: list[FileSpec] = field(default_factory=list)
@@ -146,7 +138,8 @@ def validate_settings(fleet: Fleet, node: Node) -> None:
 
 
 def build_overlay(
-    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *, reset_identity: bool = False,
+    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *,
+    image_release: L4TRelease | None, reset_identity: bool = False,
 ) -> Overlay:
     """What the node's card needs, computed from the inventory and the image; writes
     nothing (secrets not yet on disk are in `secrets`, created by the write step).
@@ -204,7 +197,7 @@ def build_overlay(
     days = str(int(time.time() // 86400))
     acc.shadow = [r for r in acc.shadow if r[0] != user]
     acc.shadow.append([user, pw, days, "0", "99999", "7", "", "", ""])
-    release = _image_release(fs) or node.l4t
+    release = image_release or node.l4t  # the image's /etc/nv_tegra_release, if it has one
     if release.major >= 36 and "weston-launch" in s.groups and \
             not any(r[0] == "weston-launch" for r in acc.group):
         # R36's l4t_create_default_user.sh creates the group when the image lacks it.
