@@ -69,6 +69,8 @@ def build_argv(plan: BuildPlan, options: BuildOptions, context: Path,
         argv += ["--secret", f"id=cacert,src={options.ca_bundle}"]
     if options.no_cache:
         argv += ["--no-cache"]
+    if plan.dockerfile != "Dockerfile":
+        argv += ["-f", str(context / plan.dockerfile)]
     return [*argv, str(context)]
 
 

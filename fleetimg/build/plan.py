@@ -28,6 +28,7 @@ class BuildPlan:
     nodes: tuple[str, ...] = ()
     platform: str = PLATFORM
     boards: tuple[L4TRelease, ...] = ()
+    dockerfile: str = "Dockerfile"  # in the target's directory
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -35,6 +36,7 @@ class BuildPlan:
             "jetpack": self.images.jetpack, "base": self.base, "tags": list(self.tags),
             "platform": self.platform, "build_args": self.build_args, "labels": self.labels,
             "nodes": list(self.nodes), "boards": [str(b) for b in self.boards],
+            "dockerfile": self.dockerfile,
         }
 
 
@@ -80,21 +82,19 @@ def plan_build(
     base: str | None = None, standin: bool = False,
 ) -> BuildPlan:
     images = group.images
+    variant = target.variant(images.family)
     if target.needs_triton and not images.triton:
-        if images.l4t.major >= 36:
-            raise UsageError(
-                f"Triton on JetPack {images.jetpack} (L4T {images.l4t}) is NGC's "
-                "tritonserver:YY.MM-py3-igpu image, which the triton target does not build "
-                "on yet", hint="build triton for R32 or R35 boards, or run NGC's igpu image "
-                "as it is")
         raise UsageError(
             f"NVIDIA published no Triton release for JetPack {images.jetpack} (L4T "
             f"{images.l4t})", hint="Triton for Jetson starts at JetPack 4.6 (R32.6.1)")
-    resolved = base or (target.standin_base if standin else None) or (
-        images.pytorch if target.base_column == "pytorch" else images.base)
+    resolved = base or (variant.standin_base if standin else None) or base_image(
+        images, variant.base_column or target.base_column)
     if standin and resolved is None:
         raise UsageError(f"{target.name} has no stand-in base")
-    capability = min((n.module.compute_capability for n in group.nodes), default="5.3",
+    # Without nodes: the oldest GPU of the family (Nano 5.3; JetPack 6 runs on Orin only).
+    default_capability = "8.7" if images.l4t.major >= 36 else "5.3"
+    capability = min((n.module.compute_capability for n in group.nodes),
+                     default=default_capability,
                      key=lambda c: tuple(int(x) for x in c.split(".")))
     computed = {
         "TRITON_VERSION": images.triton or "",
@@ -117,7 +117,18 @@ def plan_build(
     }
     all_tags = (f"fleetimg/{target.name}:{images.l4t.tag}", *tags)
     return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args, labels,
-                     tuple(n.name for n in group.nodes), boards=group.boards)
+                     tuple(n.name for n in group.nodes), boards=group.boards,
+                     dockerfile=variant.dockerfile)
+
+
+def base_image(images: ReleaseImages, column: str) -> str:
+    """The base image a column of releases.toml names for this release."""
+    value = {"base": images.base, "pytorch": images.pytorch,
+             "triton_image": images.triton_image}[column]
+    if value is None:
+        raise UsageError(f"releases.toml has no {column} for L4T {images.l4t}",
+                         hint="pass the base image with --base")
+    return value
 
 
 def board_releases(

@@ -22,21 +22,34 @@ class ReleaseImages:
     base: str
     pytorch: str
     triton: str | None
-    triton_tarball: str | None
+    triton_tarball: str | None  # JetPack 4/5: Triton's release tarball for Jetson
+    triton_image: str | None = None  # JetPack 6: NGC's tritonserver igpu image
 
     @property
     def family(self) -> str:
         return f"r{self.l4t.major}"
 
 
-def load_table() -> dict[L4TRelease, ReleaseImages]:
+def _rows() -> list[dict[str, str]]:
     text = resources.files("fleetimg.dockerfiles").joinpath("releases.toml").read_text()
-    table = {}
-    for row in tomllib.loads(text)["release"]:
-        rel = L4TRelease.parse(row["l4t"])
-        table[rel] = ReleaseImages(rel, row["jetpack"], row["base"], row["pytorch"],
-                                   row.get("triton"), row.get("triton_tarball"))
-    return table
+    rows: list[dict[str, str]] = tomllib.loads(text)["release"]
+    return rows
+
+
+def load_table() -> dict[L4TRelease, ReleaseImages]:
+    """The releases NVIDIA published images for."""
+    return {
+        (rel := L4TRelease.parse(row["l4t"])): ReleaseImages(
+            rel, row["jetpack"], row["base"], row["pytorch"], row.get("triton"),
+            row.get("triton_tarball"), row.get("triton_image"))
+        for row in _rows() if "images" not in row
+    }
+
+
+def load_aliases() -> dict[L4TRelease, tuple[str, L4TRelease]]:
+    """Releases listed without images of their own: {l4t: (jetpack, images' l4t)}."""
+    return {L4TRelease.parse(row["l4t"]): (row["jetpack"], L4TRelease.parse(row["images"]))
+            for row in _rows() if "images" in row}
 
 
 def images_for(l4t: L4TRelease) -> ReleaseImages:
@@ -44,6 +57,9 @@ def images_for(l4t: L4TRelease) -> ReleaseImages:
     table = load_table()
     if l4t in table:
         return table[l4t]
+    aliases = load_aliases()
+    if l4t in aliases:
+        return table[aliases[l4t][1]]
     if l4t.major == 32 and l4t.minor == 7:
         return table[NEWEST_R32]  # R32.7.2+ has no images; any R32.7 image runs on R32.7.x
     if l4t.major == 35 and l4t.minor >= 3:

@@ -14,8 +14,18 @@ from typing import Any
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import UsageError
 
-BASE_COLUMNS = ("base", "pytorch")
+BASE_COLUMNS = ("base", "pytorch", "triton_image")
 COMPUTED_ARGS = ("TRITON_VERSION", "TRITON_TARBALL", "MIN_COMPUTE_CAPABILITY", "L4T", "JETPACK")
+
+
+@dataclass(frozen=True)
+class FamilyVariant:
+    """How a target builds for one L4T family when that differs ([family.rNN] in
+    target.toml): Triton is a tarball on JetPack 4/5 and NGC's igpu image on JetPack 6."""
+
+    dockerfile: str = "Dockerfile"
+    base_column: str | None = None
+    standin_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,11 @@ class Target:
     family_args: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     standin_base: str | None = None
     standin_args: Mapping[str, str] = field(default_factory=dict)
+    families: Mapping[str, FamilyVariant] = field(default_factory=dict)
+
+    def variant(self, family: str) -> FamilyVariant:
+        return self.families.get(family) or FamilyVariant(base_column=self.base_column,
+                                                          standin_base=self.standin_base)
 
     @property
     def directory(self) -> Traversable:
@@ -61,9 +76,13 @@ def load_target(name: str) -> Target:
     family = {k: _strs(v, f"{name}/target.toml build_args.{k}")
               for k, v in data.get("build_args", {}).items() if isinstance(v, dict)}
     standin = data.get("standin", {})
-    column = data.get("base", "base")
-    if column not in BASE_COLUMNS:
-        raise UsageError(f"{name}/target.toml: base must be one of {', '.join(BASE_COLUMNS)}")
+    column = _column(data.get("base", "base"), name)
+    families = {
+        fam: FamilyVariant(
+            dockerfile=str(v.get("dockerfile", "Dockerfile")),
+            base_column=_column(v.get("base", column), name),
+            standin_base=v.get("standin", standin.get("base")))
+        for fam, v in data.get("family", {}).items()}
     args = tuple(data.get("args", []))
     unknown = set(args) - set(COMPUTED_ARGS)
     if unknown:
@@ -79,7 +98,14 @@ def load_target(name: str) -> Target:
         family_args=family,
         standin_base=standin.get("base"),
         standin_args=_strs(standin.get("build_args", {}), f"{name}/target.toml standin"),
+        families=families,
     )
+
+
+def _column(value: object, name: str) -> str:
+    if value not in BASE_COLUMNS:
+        raise UsageError(f"{name}/target.toml: base must be one of {', '.join(BASE_COLUMNS)}")
+    return str(value)
 
 
 def target_names() -> list[str]:

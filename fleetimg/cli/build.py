@@ -9,12 +9,13 @@ import click
 from fleetimg.build.builder import BuildOptions, run_build, smoke_test
 from fleetimg.build.plan import (
     BuildPlan,
+    base_image,
     board_releases,
     group_releases,
     plan_build,
     single_group,
 )
-from fleetimg.build.releases import load_table
+from fleetimg.build.releases import load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import emit_json, table
@@ -32,11 +33,13 @@ def targets(as_json: bool) -> None:
     for name in target_names():
         t = load_target(name)
         for rel, images in sorted(table_.items()):
+            column = t.variant(images.family).base_column or t.base_column
             if t.needs_triton and not images.triton:
                 base = "- (no Triton for this JetPack)"
             else:
-                base = images.pytorch if t.base_column == "pytorch" else images.base
-            extra = f" + Triton {images.triton}" if t.needs_triton and images.triton else ""
+                base = base_image(images, column)
+            extra = (f" + Triton {images.triton} tarball"
+                     if t.needs_triton and images.triton and column != "triton_image" else "")
             rows.append([name, rel, images.jetpack, base + extra])
             data.append({"target": name, "l4t": str(rel), "jetpack": images.jetpack,
                          "base": base, "triton": images.triton if t.needs_triton else None})
@@ -47,7 +50,12 @@ def targets(as_json: bool) -> None:
         click.echo(f"{name}: {load_target(name).description}")
     click.echo()
     click.echo(table(["TARGET", "L4T", "JETPACK", "BASE"], rows))
-    click.echo("\nR32.7.2-R32.7.6 use the R32.7.1 images; R35.3 and later use R35.4.1.")
+    click.echo()
+    for rel, (jetpack, images_release) in sorted(load_aliases().items()):
+        click.echo(f"{rel} (JetPack {jetpack}) uses the {images_release} images.")
+    click.echo("By rule: R32.7.x uses R32.7.1, R35.3 and later R35.4.1, R36.4 and later R36.4.0 "
+               "(R36.0-36.3 and R36.4+ never share images); JetPack 7 (R38/R39) is not "
+               "supported yet.")
 
 
 def _describe(plan: BuildPlan) -> list[str]:

@@ -165,16 +165,21 @@ def app_cmd(tag: str, line: str, l4t: str) -> None:
 @click.option("--ca-bundle", type=click.Path(path_type=Path),
               help="CA bundle for pip behind a TLS-intercepting proxy (a build secret).")
 def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
-    """Build offline arm64 stand-ins for NGC's l4t-base and l4t-pytorch (debootstrap).
+    """Build offline arm64 stand-ins for NGC's l4t-base, l4t-pytorch and the tritonserver
+    igpu image (debootstrap).
 
     `fleetimg build TARGET --standin` builds on them; nothing comes from NGC.
     """
     import docker
 
-    from fleetimg.lab.standin import ensure_standin_base, ensure_standin_pytorch
+    from fleetimg.lab.standin import (
+        ensure_standin_base,
+        ensure_standin_pytorch,
+        ensure_standin_triton_igpu,
+    )
 
     client = docker.from_env()
-    built = [ensure_standin_base(client, _step)]
+    built = [ensure_standin_base(client, _step), ensure_standin_triton_igpu(client, _step)]
     if pytorch:
         built.append(ensure_standin_pytorch(client, ca_bundle, _step))
     click.echo("stand-in bases: " + ", ".join(built))

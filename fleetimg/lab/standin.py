@@ -4,7 +4,9 @@ NGC is unreachable here, so the real Dockerfiles are built on these through `--b
 - `fleetimg/l4t-standin:base`: Debian 12 arm64 (debootstrap, both stages, the second under
   QEMU) with python3 and pip, standing in for l4t-base / l4t-jetpack;
 - `fleetimg/l4t-standin:pytorch`: that plus CPU PyTorch, numpy and Pillow from PyPI,
-  standing in for l4t-pytorch.
+  standing in for l4t-pytorch (JetPack 4/5) and jetson-containers' l4t-pytorch (JetPack 6);
+- `fleetimg/l4t-standin:tritonserver-igpu`: the base plus a stub /opt/tritonserver, standing
+  in for NGC's tritonserver:YY.MM-py3-igpu (the triton target's JetPack 6 base).
 Both are labelled linux/arm64 (built FROM scratch / FROM the first with BuildKit), so
 BuildKit uses them without trying a registry. They carry no CUDA: JetPack 4 mounts CUDA from
 the host at run time anyway, and nothing in a build may need a GPU.
@@ -28,6 +30,7 @@ from fleetimg.paths import state_dir
 
 STANDIN_BASE = "fleetimg/l4t-standin:base"
 STANDIN_PYTORCH = "fleetimg/l4t-standin:pytorch"
+STANDIN_TRITON_IGPU = "fleetimg/l4t-standin:tritonserver-igpu"
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "curl")
 # CPU wheels on PyPI for Debian 12's Python 3.11 on aarch64.
 PYTORCH_PIP = ("torch==2.9.1", "numpy<2.3", "pillow")
@@ -39,6 +42,19 @@ FROM ${BASE_IMAGE}
 RUN --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \\
     pip3 install --no-cache-dir --break-system-packages %s
 LABEL io.fleetimg.standin=l4t-pytorch
+"""
+
+# What the triton target needs of NGC's igpu image: /opt/tritonserver with the server and
+# its backends directory. The stub only echoes its arguments: no CUDA here to serve with.
+TRITON_IGPU_DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+RUN mkdir -p /opt/tritonserver/bin /opt/tritonserver/backends \\
+    && printf '#!/bin/sh\\necho "stand-in tritonserver $*"\\n' \\
+        > /opt/tritonserver/bin/tritonserver \\
+    && chmod 0755 /opt/tritonserver/bin/tritonserver
+ENV TRITON_SERVER_VERSION=2.48.0
+LABEL io.fleetimg.standin=tritonserver-igpu
 """
 
 
@@ -101,3 +117,17 @@ def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
                     f"BASE_IMAGE={base}", *secret, "-t", STANDIN_PYTORCH, tmp],
                    env=build.env, timeout=7200)
     return STANDIN_PYTORCH
+
+
+def ensure_standin_triton_igpu(client: docker.DockerClient,
+                               on_step: Callable[[str], None] = lambda s: None) -> str:
+    if _exists(client, STANDIN_TRITON_IGPU):
+        return STANDIN_TRITON_IGPU
+    base = ensure_standin_base(client, on_step)
+    on_step(f"stand-in for NGC's tritonserver igpu image ({STANDIN_TRITON_IGPU})")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "Dockerfile").write_text(TRITON_IGPU_DOCKERFILE)
+        build = find_build_command()
+        runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
+                    f"BASE_IMAGE={base}", "-t", STANDIN_TRITON_IGPU, tmp], env=build.env)
+    return STANDIN_TRITON_IGPU

@@ -7,7 +7,7 @@ import pytest
 from fleetimg import inventory
 from fleetimg.build.builder import BuildOptions, build_argv, parse_failure
 from fleetimg.build.plan import board_releases, group_releases, plan_build, single_group
-from fleetimg.build.releases import images_for, load_table
+from fleetimg.build.releases import images_for, load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.errors import UsageError
 from fleetimg.l4t import L4TRelease
@@ -166,11 +166,21 @@ def test_every_row_of_the_table_resolves_for_every_target_it_has(tmp_path: Path)
             if target == "triton" and images.triton is None:
                 continue
             assert plan_for(target, str(rel), tmp_path).base, (target, rel)
+    for rel, (_jetpack, images_release) in load_aliases().items():
+        assert images_for(rel).l4t == images_release
+        assert L4TRelease.parse(str(rel)).jetpack == _jetpack, rel
 
 
-def test_triton_on_jetpack_6_is_refused_with_the_reason(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"tritonserver:YY\.MM-py3-igpu"):
-        plan_for("triton", "R36.4.3", tmp_path)
+def test_triton_on_jetpack_6_builds_on_ngcs_igpu_image(tmp_path: Path) -> None:
+    plan = plan_for("triton", "R36.4.3", tmp_path)
+    assert plan.base == "nvcr.io/nvidia/tritonserver:24.07-py3-igpu"
+    assert plan.dockerfile == "Dockerfile.igpu"
+    assert plan.labels["io.fleetimg.l4t"] == "R36.4.0"
+    assert plan.build_args["MIN_COMPUTE_CAPABILITY"] == "8.7"
+    old = plan_for("triton", "R32.7.6", tmp_path)
+    assert old.dockerfile == "Dockerfile" and old.build_args["TRITON_TARBALL"].endswith(".tgz")
+    standin = plan_for("triton", "R36.4.3", tmp_path, standin=True)
+    assert standin.base == "fleetimg/l4t-standin:tritonserver-igpu"
 
 
 @pytest.mark.parametrize(("l4t", "match"), [
