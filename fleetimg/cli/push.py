@@ -11,8 +11,15 @@ from tqdm import tqdm
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
 from fleetimg.inventory import RelayAuth
-from fleetimg.push.engine import Delivery, PushOptions, arrange_delivery, execute, preflight
-from fleetimg.push.localimage import docker_client, resolve_image
+from fleetimg.push.engine import (
+    Delivery,
+    FleetPlan,
+    FleetReport,
+    PushOptions,
+    execute_fleet_push,
+    plan_fleet_push,
+)
+from fleetimg.push.localimage import docker_client
 from fleetimg.push.plan import Action, NodePlan
 from fleetimg.push.relay import NODE_KEY_PATH, Fanout, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress
@@ -44,7 +51,11 @@ from fleetimg.push.transfer import NodeResult, Progress
 def push(app: AppContext, image: str, selection: str, via: str, parallel: int, codec: str,
          fanout_text: str, relay_auth: str | None, dry_run: bool, quiet: bool,
          as_json: bool) -> None:
-    """Deliver IMAGE (a local image, or a build target's newest image) to nodes.
+    """Deliver IMAGE (a local image, or a build target's images) to nodes.
+
+    A build target's name gives each node the newest image built for that target whose L4T
+    runs on the node (`fleetimg build TARGET --all-releases` makes one per family); a node
+    that no built image runs on is refused with the build that fixes it.
 
     Every node is checked first (reachable, platform, L4T compatibility from the image's
     io.fleetimg.l4t label, free disk, layers it already has); then each receives only the
@@ -61,85 +72,135 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     fanout = Fanout.parse(fanout_text)
     auth = RelayAuth(relay_auth) if relay_auth else fleet.relay_auth
     check_auth(fanout, auth)
-    local = resolve_image(docker_client(), image)
+    client = docker_client()
     ssh = app.ssh(forward_agent=auth is RelayAuth.AGENT)
     if auth is RelayAuth.AGENT and fanout.mode != "direct":
         require_agent()
     options = PushOptions(parallel=parallel, codec=codec, fanout=fanout, relay_auth=auth)
-    plans = preflight(ssh, nodes, local, options)
-    delivery = arrange_delivery(ssh, plans, options)
+    plan = plan_fleet_push(ssh, client, image, nodes, options)
     if not as_json:
-        click.echo(f"{local.ref} ({local.id[7:19]}, {local.platform}, "
-                   f"L4T {local.l4t or 'unlabelled'}, {len(local.diff_ids)} layers, "
-                   f"{human_bytes(local.size)})")
-        click.echo(table(["NODE", "ACTION", "HAS", "SENDS", "BYTES", "CODEC", "WHY"],
-                         [_plan_row(p.node.name, p.value, p.error) for p in plans]))
-        for group in delivery.groups:
-            click.echo(f"relay: {group.describe()}")
-        for note in delivery.notes:
-            click.echo(f"note: {note}")
+        _echo_plan(plan)
     if dry_run:
         if as_json:
-            emit_json({"image": local.ref, "id": local.id, "nodes": [
-                {**p.value.to_dict(), "from": _source(delivery, p.node.name)} if p.value else
-                {"node": p.node.name, "action": "unreachable",
-                 "reason": p.error.message if p.error else ""} for p in plans],
-                "relays": [g.describe() for g in delivery.groups], "notes": delivery.notes})
+            emit_json(_plan_json(plan))
         else:
             click.echo("dry run: nothing sent")
-        if any(not p.ok or (p.value and p.value.action is Action.REFUSE) for p in plans):
+        if plan.refuses_any:
             sys.exit(1)
         return
     # Bars only on a terminal: in a log or CI they are carriage-return frames.
-    show_bars = not (quiet or as_json) and sys.stderr.isatty()
-    total = sum(p.send_bytes for p in delivery.uplink_plans)
-    lock = threading.Lock()
-    total_bar = tqdm(desc="total", total=total, unit="B", unit_scale=True,
-                     disable=not show_bars or total == 0, position=0)
-    bars: list[tqdm] = []  # type: ignore[type-arg]
+    bars = _Bars(sum(p.send_bytes for ip in plan.images for p in ip.delivery.uplink_plans),
+                 enabled=not (quiet or as_json) and sys.stderr.isatty())
+    try:
+        report = execute_fleet_push(ssh, plan, options, bars.progress_for)
+    finally:
+        bars.close()
+    if as_json:
+        emit_json(_report_json(plan, report))
+    else:
+        _echo_report(plan, report)
+    if report.failed:
+        sys.exit(1)
 
-    def progress_for(plan: NodePlan) -> Progress | None:
-        if not show_bars or plan.action is not Action.SEND:
+
+class _Bars:
+    """A total bar and one bar per node the workstation streams to."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.lock = threading.Lock()
+        self.total = tqdm(desc="total", total=total, unit="B", unit_scale=True,
+                          disable=not enabled or total == 0, position=0)
+        self.bars: list[tqdm] = []  # type: ignore[type-arg]
+
+    def progress_for(self, plan: NodePlan) -> Progress | None:
+        if not self.enabled or plan.action is not Action.SEND:
             return None
-        with lock:
+        with self.lock:
             bar = tqdm(desc=plan.node.name, total=plan.send_bytes or None, unit="B",
-                       unit_scale=True, position=len(bars) + 1, leave=False)
-            bars.append(bar)
+                       unit_scale=True, position=len(self.bars) + 1, leave=False)
+            self.bars.append(bar)
 
         def on(n: int) -> None:
             bar.update(n)
-            with lock:
-                total_bar.update(n)
+            with self.lock:
+                self.total.update(n)
         return on
 
-    report = execute(ssh, local, plans, options, progress_for, delivery)
-    for bar in bars:
-        bar.close()
-    total_bar.close()
-    if as_json:
-        emit_json({"image": local.ref, "id": local.id, "sent_bytes": report.sent_bytes,
-                   "relays": [g.describe() for g in delivery.groups], "notes": delivery.notes,
-                   "nodes": [{"node": r.node.name, "ok": r.ok,
-                              **(r.value.__dict__ if r.value else {}),
-                              "error": r.error.message if r.error else None}
-                             for r in report.results]})
-    else:
-        click.echo(table(["NODE", "RESULT", "FROM", "SENT", "LAYERS", "TIME", "CODEC"], [
-            [r.node.name, ok_word(True, r.value.action), _from(r.value),
-             human_bytes(r.value.sent_bytes), r.value.layers_sent, f"{r.value.seconds:.1f} s",
-             r.value.codec or "-"]
-            if r.value else [r.node.name, ok_word(False, no="failed"), "-", "-", "-",
-                             f"{r.seconds:.1f} s", "-"]
-            for r in report.results]))
-        for r in report.results:
-            if r.value and r.value.note:
-                click.echo(f"* {r.node.name}: {r.value.note}")
-        for r in report.failed:
-            echo_failure(r.node.name, r.error)
-        click.echo(f"\n{len(report.results) - len(report.failed)}/{len(report.results)} "
-                   f"node(s) have {local.ref}; {human_bytes(report.sent_bytes)} sent from here")
-    if report.failed:
-        sys.exit(1)
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+        self.total.close()
+
+
+def _echo_plan(plan: FleetPlan) -> None:
+    for ip in plan.images:
+        local = ip.image
+        whom = (f" for {', '.join(p.node.name for p in ip.plans)}"
+                if len(plan.images) > 1 or plan.unassigned else "")
+        click.echo(f"{local.ref} ({local.id[7:19]}, {local.platform}, "
+                   f"L4T {local.l4t or 'unlabelled'}, {len(local.diff_ids)} layers, "
+                   f"{human_bytes(local.size)}){whom}")
+        click.echo(table(["NODE", "ACTION", "HAS", "SENDS", "BYTES", "CODEC", "WHY"],
+                         [_plan_row(p.node.name, p.value, p.error) for p in ip.plans]))
+        for group in ip.delivery.groups:
+            click.echo(f"relay: {group.describe()}")
+        for note in ip.delivery.notes:
+            click.echo(f"note: {note}")
+    for u in plan.unassigned:
+        echo_failure(u.node.name, u.error)
+
+
+def _plan_json(plan: FleetPlan) -> dict[str, object]:
+    nodes: list[dict[str, object]] = []
+    for ip in plan.images:
+        nodes += [{**p.value.to_dict(), "image": ip.image.ref,
+                   "from": _source(ip.delivery, p.node.name)} if p.value else
+                  {"node": p.node.name, "action": "unreachable", "image": ip.image.ref,
+                   "reason": p.error.message if p.error else ""} for p in ip.plans]
+    nodes += [{"node": u.node.name, "action": "refuse", "image": None,
+               "reason": u.error.message if u.error else ""} for u in plan.unassigned]
+    return {**_images_json(plan), "nodes": nodes,
+            "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
+            "notes": [n for ip in plan.images for n in ip.delivery.notes]}
+
+
+def _images_json(plan: FleetPlan) -> dict[str, object]:
+    first = plan.images[0].image if plan.images else None
+    return {"image": first.ref if first else None, "id": first.id if first else None,
+            "images": [{"image": ip.image.ref, "id": ip.image.id,
+                        "l4t": str(ip.image.l4t) if ip.image.l4t else None,
+                        "nodes": [p.node.name for p in ip.plans]} for ip in plan.images]}
+
+
+def _report_json(plan: FleetPlan, report: FleetReport) -> dict[str, object]:
+    image_of = {p.node.name: ip.image.ref for ip in plan.images for p in ip.plans}
+    return {**_images_json(plan), "sent_bytes": report.sent_bytes,
+            "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
+            "notes": [n for ip in plan.images for n in ip.delivery.notes],
+            "nodes": [{"node": r.node.name, "ok": r.ok, "image": image_of.get(r.node.name),
+                       **(r.value.__dict__ if r.value else {}),
+                       "error": r.error.message if r.error else None}
+                      for r in report.results]}
+
+
+def _echo_report(plan: FleetPlan, report: FleetReport) -> None:
+    results = report.results
+    click.echo(table(["NODE", "RESULT", "FROM", "SENT", "LAYERS", "TIME", "CODEC"], [
+        [r.node.name, ok_word(True, r.value.action), _from(r.value),
+         human_bytes(r.value.sent_bytes), r.value.layers_sent, f"{r.value.seconds:.1f} s",
+         r.value.codec or "-"]
+        if r.value else [r.node.name, ok_word(False, no="failed"), "-", "-", "-",
+                         f"{r.seconds:.1f} s", "-"]
+        for r in results]))
+    for r in results:
+        if r.value and r.value.note:
+            click.echo(f"* {r.node.name}: {r.value.note}")
+    for r in report.failed:
+        echo_failure(r.node.name, r.error)
+    refs = " / ".join(ip.image.ref for ip in plan.images) or "the image"
+    click.echo(f"\n{len(results) - len(report.failed)}/{len(results)} "
+               f"node(s) have {refs}; {human_bytes(report.sent_bytes)} sent from here")
 
 
 def _source(delivery: Delivery, name: str) -> str | None:

@@ -10,12 +10,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import docker
+
 from fleetimg import run as runmod
 from fleetimg import stop
 from fleetimg.errors import ConnectionFailed, FleetimgError
 from fleetimg.inventory import Node, RelayAuth, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
-from fleetimg.push.localimage import LocalImage
+from fleetimg.push.localimage import LocalImage, assign_images
 from fleetimg.push.plan import Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
@@ -78,6 +80,73 @@ class PushReport:
     def sent_bytes(self) -> int:
         """Bytes through the workstation's uplink."""
         return sum(r.value.sent_bytes for r in self.results if r.value)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image, the pre-flight plan of each node it goes to, and the relays."""
+
+    image: LocalImage
+    plans: list[NodeOutcome[NodePlan]]
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """What `push` will do: an image plan per image (one, or one per L4T family when a
+    build target is pushed to a mixed fleet), and the nodes no image was found for."""
+
+    images: list[ImagePlan]
+    unassigned: list[NodeOutcome[NodePlan]]
+
+    @property
+    def refuses_any(self) -> bool:
+        return bool(self.unassigned) or any(
+            not p.ok or (p.value is not None and p.value.action is Action.REFUSE)
+            for ip in self.images for p in ip.plans)
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    reports: list[PushReport]
+    unassigned: list[NodeOutcome[NodeResult]]
+
+    @property
+    def results(self) -> list[NodeOutcome[NodeResult]]:
+        return [*(r for rep in self.reports for r in rep.results), *self.unassigned]
+
+    @property
+    def failed(self) -> list[NodeOutcome[NodeResult]]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def sent_bytes(self) -> int:
+        return sum(rep.sent_bytes for rep in self.reports)
+
+
+def plan_fleet_push(ssh: Ssh, client: docker.DockerClient, ref: str, nodes: Sequence[Node],
+                    options: PushOptions) -> FleetPlan:
+    """Resolve IMAGE (or a target's image per family), pre-flight every node, arrange the
+    relays. Nothing is sent."""
+    assignments, refused = assign_images(client, ref, nodes)
+    images = []
+    for a in assignments:
+        plans = preflight(ssh, a.nodes, a.image, options)
+        images.append(ImagePlan(a.image, plans, arrange_delivery(ssh, plans, options)))
+    unassigned: list[NodeOutcome[NodePlan]] = [
+        NodeOutcome(n, None, refused[n.name], 0.0) for n in nodes if n.name in refused]
+    return FleetPlan(images, unassigned)
+
+
+def execute_fleet_push(ssh: Ssh, plan: FleetPlan, options: PushOptions,
+                       progress_for: Callable[[NodePlan], Progress | None] | None = None,
+                       ) -> FleetReport:
+    """Deliver each image of the plan in turn (each image's nodes in parallel)."""
+    reports = [execute(ssh, ip.image, ip.plans, options, progress_for, ip.delivery)
+               for ip in plan.images]
+    unassigned: list[NodeOutcome[NodeResult]] = [
+        NodeOutcome(u.node, None, u.error, 0.0) for u in plan.unassigned]
+    return FleetReport(reports, unassigned)
 
 
 def local_tools() -> set[str]:

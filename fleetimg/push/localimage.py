@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import docker
 from docker.errors import DockerException, ImageNotFound
+from docker.models.images import Image
 
 from fleetimg.errors import PushError, UsageError
-from fleetimg.l4t import L4TRelease
+from fleetimg.inventory import Node
+from fleetimg.l4t import L4TRelease, host_runs_image
 
 LABEL_TARGET = "io.fleetimg.target"
 LABEL_L4T = "io.fleetimg.l4t"
@@ -67,17 +70,97 @@ def resolve_image(client: docker.DockerClient, ref: str) -> LocalImage:
         image = client.images.get(ref)
         resolved = ref if ":" in ref or "@" in ref else f"{ref}:latest"
     except ImageNotFound:
-        built = client.images.list(filters={"label": f"{LABEL_TARGET}={ref}"})
-        if not built:
+        newest = _newest_per_release(client, ref)
+        if len(newest) > 1:
             raise UsageError(
-                f"no local image {ref!r}, and no image built for a target of that name",
-                hint=f"build it first (`fleetimg build {ref}`) or check `docker images`",
-            ) from None
-        image = max(built, key=lambda i: i.attrs.get("Created", ""))
-        tags = image.tags
-        if not tags:
-            raise UsageError(f"the newest image built for target {ref!r} has no tag") from None
-        resolved = tags[0]
+                f"target {ref!r} has images for {', '.join(sorted(newest))}: name one",
+                hint=f"e.g. {next(iter(newest.values())).ref}") from None
+        return next(iter(newest.values()))
+    return _local(client, image, resolved)
+
+
+@dataclass(frozen=True)
+class ImageAssignment:
+    """One image and the selected nodes that receive it."""
+
+    image: LocalImage
+    nodes: tuple[Node, ...]
+
+
+def assign_images(client: docker.DockerClient, ref: str, nodes: Sequence[Node],
+                  ) -> tuple[list[ImageAssignment], dict[str, PushError]]:
+    """Which image each node receives.
+
+    An image reference goes to every node (each node's pre-flight checks its L4T). A build
+    target name gives each node the newest image built for that target whose L4T runs on
+    the node's release (`build TARGET --all-releases` makes one per family); a node no built
+    image runs on is refused here, with the build that fixes it.
+    """
+    try:
+        client.images.get(ref)
+        return [ImageAssignment(resolve_image(client, ref), tuple(nodes))], {}
+    except ImageNotFound:
+        pass
+    newest = _newest_per_release(client, ref)
+    chosen: dict[str, list[Node]] = {}
+    refused: dict[str, PushError] = {}
+    for node in nodes:
+        fits = [img for img in newest.values()
+                if img.l4t is None or host_runs_image(node.l4t, img.l4t)[0]]
+        if not fits:
+            labels = ", ".join(sorted(k for k in newest if k)) or "no release"
+            refused[node.name] = PushError(
+                f"no {ref} image runs on L4T {node.l4t} (built for {labels})",
+                hint=f"fleetimg build {ref} --all-releases (one image per family)")
+            continue
+        # The image built for the release closest to the node's (same family, highest).
+        best = max(fits, key=lambda img: (img.l4t is not None, img.l4t or L4TRelease(0, 0, 0)))
+        chosen.setdefault(best.ref, []).append(node)
+    assignments = [ImageAssignment(img, tuple(chosen[img.ref]))
+                   for img in newest.values() if img.ref in chosen]
+    return assignments, refused
+
+
+def _newest_per_release(client: docker.DockerClient, target: str) -> dict[str, LocalImage]:
+    """The image `fleetimg build` made last for each L4T label of a target: the one holding
+    the name it gives (fleetimg/TARGET:r32.7.1), which each build moves to the new image.
+    BuildKit's `Created` is the cached step's time, so it cannot tell which is newer; it
+    only orders images built outside fleetimg."""
+    built = sorted(_target_images(client, target), key=lambda i: i.attrs.get("Created", ""),
+                   reverse=True)
+    newest: dict[str, LocalImage] = {}
+    for image in built:
+        key = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_L4T, "")
+        if key in newest or not image.tags:
+            continue
+        canonical = f"fleetimg/{target}:{L4TRelease.parse(key).tag}" if key else None
+        if canonical in image.tags:
+            newest[key] = _local(client, image, canonical)
+    for image in built:
+        key = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_L4T, "")
+        if key not in newest and image.tags:
+            newest[key] = _local(client, image, _tag_of(image, target))
+    return newest
+
+
+def _target_images(client: docker.DockerClient, target: str) -> list[Image]:
+    built = client.images.list(filters={"label": f"{LABEL_TARGET}={target}"})
+    if not built:
+        raise UsageError(
+            f"no local image {target!r}, and no image built for a target of that name",
+            hint=f"build it first (`fleetimg build {target}`) or check `docker images`",
+        ) from None
+    return list(built)
+
+
+def _tag_of(image: Image, target: str) -> str:
+    if not image.tags:
+        raise UsageError(f"the newest image built for target {target!r} has no tag")
+    return str(image.tags[0])
+
+
+def _local(client: docker.DockerClient, image: Image,
+           resolved: str) -> LocalImage:
     attrs = image.attrs
     diff_ids = tuple(attrs.get("RootFS", {}).get("Layers", []))
     return LocalImage(

@@ -18,6 +18,11 @@ import pytest
 
 from fleetimg.inventory import Fleet
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.lab.standin import (
+    ensure_standin_base,
+    ensure_standin_pytorch,
+    ensure_standin_triton_igpu,
+)
 from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.images import ensure_arm64_mini_image
 
@@ -33,6 +38,26 @@ def docker_client() -> docker.DockerClient:
     client = docker.from_env()
     client.ping()
     return client
+
+
+# The machine's bundle: on our machines HTTPS leaves through a TLS-intercepting proxy whose
+# CA is only there, exactly the case --ca-bundle exists for.
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.fixture(scope="session")
+def standin_base(docker_client: docker.DockerClient) -> str:
+    return ensure_standin_base(docker_client)
+
+
+@pytest.fixture(scope="session")
+def standin_pytorch(docker_client: docker.DockerClient, standin_base: str) -> str:
+    return ensure_standin_pytorch(docker_client, CA_BUNDLE)
+
+
+@pytest.fixture(scope="session")
+def standin_triton_igpu(docker_client: docker.DockerClient, standin_base: str) -> str:
+    return ensure_standin_triton_igpu(docker_client)
 
 
 @pytest.fixture(scope="session")

@@ -15,24 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from fleetimg.lab.standin import ensure_standin_base, ensure_standin_pytorch
-from tests.integration.conftest import fleetimg, fleetimg_json
+from tests.integration.conftest import CA_BUNDLE, fleetimg, fleetimg_json
 
 pytestmark = pytest.mark.integration
-
-# The machine's bundle: on our machines HTTPS leaves through a TLS-intercepting proxy whose
-# CA is only there, exactly the case --ca-bundle exists for.
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-@pytest.fixture(scope="session")
-def standin_base(docker_client: docker.DockerClient) -> str:
-    return ensure_standin_base(docker_client)
-
-
-@pytest.fixture(scope="session")
-def standin_pytorch(docker_client: docker.DockerClient, standin_base: str) -> str:
-    return ensure_standin_pytorch(docker_client, CA_BUNDLE)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +75,24 @@ def test_triton_builds_on_standin(standin_base: str, triton_tarball: Path,
     history = docker_client.api.history(image.id)
     assert not any("ca-certificates.crt" in (h.get("CreatedBy") or "") and "COPY" in
                    (h.get("CreatedBy") or "") for h in history)
+
+
+def test_triton_on_jetpack_6_builds_on_the_igpu_image(standin_triton_igpu: str,
+                                                      docker_client: docker.DockerClient) -> None:
+    code, data = fleetimg_json("build", "triton", "--l4t", "R36.4.3", "--standin",
+                               "--tag", "itest/triton:r36")
+    assert code == 0, data
+    result = built(data)
+    assert result["base"] == standin_triton_igpu and result["dockerfile"] == "Dockerfile.igpu"
+    assert "triton 2.48.0 installed, min compute capability 8.7" in str(result["smoke"])
+    image = docker_client.images.get("itest/triton:r36")
+    assert image.labels["io.fleetimg.l4t"] == "R36.4.0"
+    assert image.attrs["Config"]["Entrypoint"] == ["/opt/tritonserver/bin/fleetimg-triton-start"]
+    # The entry point hands its arguments to the server the base image holds.
+    out = docker_client.containers.run("itest/triton:r36", ["--log-verbose=1"], remove=True,
+                                       platform="linux/arm64")
+    assert b"stand-in tritonserver --model-repository=/models" in out
+    assert b"--min-supported-compute-capability=8.7" in out and b"--log-verbose=1" in out
 
 
 def test_pytorch_builds_on_standin_and_runs_its_worker(standin_pytorch: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.conftest import LAB_NAME, fleetimg_json
 from tests.integration.images import build_app_image
 
@@ -60,3 +61,44 @@ def test_push_gives_each_generation_only_what_it_runs(mixed: Fleet,
     by_node = {n["node"]: n for n in data["nodes"]}
     assert by_node["node2"]["ok"] and by_node["node2"]["action"] == "loaded"
     assert not by_node["node1"]["ok"] and "never across majors" in by_node["node1"]["error"]
+
+
+def test_all_releases_build_then_push_gives_each_node_its_own_image(
+        mixed: Fleet, standin_pytorch: str, docker_client: docker.DockerClient) -> None:
+    inv = str(mixed.path)
+    code, data = fleetimg_json("-i", inv, "build", "pytorch", "--standin", "--all-releases",
+                               "--no-smoke", timeout=1200)
+    assert code == 0, data
+    assert isinstance(data, list)
+    assert [(d["l4t"], d["nodes"]) for d in data] == [("R32.7.1", ["node1"]),
+                                                       ("R36.4.0", ["node2"])]
+    code, data = fleetimg_json("-i", inv, "push", "pytorch", "--to", "all-nodes",
+                               timeout=1200)
+    assert code == 0, data
+    assert isinstance(data, dict)
+    by_node = {n["node"]: n for n in data["nodes"]}
+    assert by_node["node1"]["image"] == "fleetimg/pytorch:r32.7.1"
+    assert by_node["node2"]["image"] == "fleetimg/pytorch:r36.4.0"
+    assert all(n["ok"] for n in data["nodes"])
+    ssh = Ssh(SshOptions(known_hosts=mixed.known_hosts))
+    for name, tag in (("node1", "r32.7.1"), ("node2", "r36.4.0")):
+        node = mixed.node(name)
+        label = ssh.run(node, "docker image inspect --format "
+                        "'{{index .Config.Labels \"io.fleetimg.l4t\"}}' "
+                        f"fleetimg/pytorch:{tag}").stdout.strip()
+        assert label == tag.upper()
+        # Each node runs its own image: the worker's self-test, on the node's engine.
+        out = ssh.run(node, f"docker run --rm fleetimg/pytorch:{tag} --self-test", timeout=600)
+        assert "self-test ok" in out.stdout + out.stderr, name
+
+
+def test_a_target_with_no_image_for_a_nodes_family_refuses_that_node(
+        mixed: Fleet, docker_client: docker.DockerClient) -> None:
+    build_app_image("fleetimg-test/only-r32:1", app="print(32)\n", l4t="R32.7.1",
+                    target="only-r32")
+    code, data = fleetimg_json("-i", str(mixed.path), "push", "only-r32", "--dry-run")
+    assert code == 1 and isinstance(data, dict)
+    by_node = {n["node"]: n for n in data["nodes"]}
+    assert by_node["node1"]["action"] == "send"
+    assert by_node["node2"]["action"] == "refuse"
+    assert "no only-r32 image runs on L4T R36.4.3 (built for R32.7.1)" in by_node["node2"]["reason"]
