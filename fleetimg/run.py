@@ -43,6 +43,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "bmaptool": "bmap-tools",
     "systemd-nspawn": "systemd-container",
     "docker-registry": "docker-registry",
+    "mformat": "mtools",
+    "mcopy": "mtools",
 }
 
 

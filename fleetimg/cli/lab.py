@@ -27,6 +27,9 @@ def lab() -> None:
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64))
 @click.option("--l4t", default="R32.7.1", show_default=True,
               help="L4T release the nodes report in /etc/nv_tegra_release.")
+@click.option("--module", default="nano-4gb", show_default=True, metavar="MODULE",
+              help="The module every node plays (e.g. orin-nano with --l4t R36.4.3: the "
+              "device tree, firmware and port name of one).")
 @click.option("--subnet", default=DEFAULT_SUBNET, show_default=True,
               help="Docker network for the lab; node N gets address .(10+N).")
 @click.option("--name", default="lab", show_default=True, help=NAME_HELP)
@@ -40,11 +43,11 @@ def lab() -> None:
               "release file, device tree, firmware and port name say so (repeatable; one lab "
               "can mix families).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def up(nodes: int, l4t: str, subnet: str, name: str, directory: Path | None,
+def up(nodes: int, l4t: str, module: str, subnet: str, name: str, directory: Path | None,
        card_nodes: int, boards: tuple[str, ...], as_json: bool) -> None:
     """Start (or update) the lab fleet and write its fleet.toml. Idempotent."""
-    config = LabConfig(name=name, nodes=nodes, l4t=L4TRelease.parse(l4t), subnet=subnet,
-                       directory=directory, card_nodes=card_nodes,
+    config = LabConfig(name=name, nodes=nodes, l4t=L4TRelease.parse(l4t), module=module,
+                       subnet=subnet, directory=directory, card_nodes=card_nodes,
                        boards=tuple(parse_board(b) for b in boards))
     fleet = lab_up(config, on_step=_step)
     if as_json:
@@ -85,8 +88,11 @@ def down(name: str, directory: Path | None, purge: bool) -> None:
 
 @lab.command()
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--l4t", default="R32.7.1", show_default=True)
-@click.option("--board", default="t210ref", show_default=True)
+@click.option("--l4t", default="R32.7.1", show_default=True,
+              help="R32/R35: a Nano's layout (14 partitions); R36: an Orin Nano's "
+              "(15 partitions with esp).")
+@click.option("--board", default=None,
+              help="BOARD in nv_tegra_release. [default: t210ref; generic on R36]")
 @click.option("--app-size", default="256M", show_default=True,
               help="Size of the APP (root) partition, e.g. 256M or 2G.")
 @click.option("--payload", default="16M", show_default=True,
@@ -96,10 +102,13 @@ def down(name: str, directory: Path | None, purge: bool) -> None:
               help="A card that really boots (`fleetimg lab boot`): Debian with systemd, "
               "NetworkManager, sshd and Docker in APP, plus JetPack's first-boot machinery as "
               "stand-ins. Built once (debootstrap, root), then cached.")
-def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
+def sdimage(output: Path, l4t: str, board: str | None, app_size: str, payload: str,
             booted: bool, bootable: bool) -> None:
-    """Build a Jetson-like SD card image (GPT, 14 partitions, APP last) for rehearsals."""
+    """Build a Jetson-like SD card image (GPT, APP partition 1 but last) for rehearsals."""
     from fleetimg.sdcard.testimage import build_test_image
+
+    release = L4TRelease.parse(l4t)
+    board = board or ("generic" if release.major >= 36 else "t210ref")
 
     if bootable:
         from fleetimg.lab.cardimage import build_bootable_card
@@ -107,13 +116,12 @@ def sdimage(output: Path, l4t: str, board: str, app_size: str, payload: str,
         if booted:
             raise UsageError("--booted and --bootable do not go together",
                              hint="boot a --bootable card with `fleetimg lab boot` instead")
-        out = build_bootable_card(output, l4t=L4TRelease.parse(l4t), board=board,
-                                  on_step=_step)
+        out = build_bootable_card(output, l4t=release, board=board, on_step=_step)
         click.echo(f"wrote {out} (bootable, L4T {l4t}); next: fleetimg sdcard --node NODE "
                    f"--image {out} CARD.img, then fleetimg lab boot CARD.img")
         return
-    out = build_test_image(output, app_size=_size(app_size), l4t=L4TRelease.parse(l4t),
-                           board=board, booted=booted, payload=_size(payload))
+    out = build_test_image(output, app_size=_size(app_size), l4t=release, board=board,
+                           booted=booted, payload=_size(payload))
     click.echo(f"wrote {out} ({human_bytes(out.stat().st_size)}, L4T {l4t}"
                f"{', booted' if booted else ''})")
 

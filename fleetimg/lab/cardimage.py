@@ -98,9 +98,22 @@ def _export(tag: str, into: Path) -> None:
     (into / ".dockerenv").unlink(missing_ok=True)
 
 
+def _as_orin_nano(root: Path, l4t: L4TRelease) -> None:
+    """JetPack 6 runs on Orins only: an R36 card is an Orin Nano's (the SD card module)."""
+    (root / "etc/nvpmodel/nvpmodel_t210.conf").unlink()
+    for f in standins.orin_card_files(f"{l4t.major}.{l4t.minor}.{l4t.patch}"):
+        path = root / f.path.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f.content)
+        path.chmod(f.mode)
+
+
 def build_bootable_card(out: Path, *, l4t: L4TRelease, board: str = "t210ref",
                         on_step: Callable[[str], None] = lambda s: None) -> Path:
-    """A bootable JetPack-shaped card image at `out` (sparse, ~4 GiB apparent)."""
+    """A bootable JetPack-shaped card image at `out` (sparse, ~4 GiB apparent): a Nano's
+    for R32/R35, an Orin Nano's (GPT layout, power model, device tree) for R36."""
+    if l4t.major >= 36:
+        board = "generic"  # R36's nv_tegra_release names no board
     tag = ensure_card_rootfs(docker.from_env(timeout=300), on_step)
     work = state_dir() / "build"
     work.mkdir(parents=True, exist_ok=True)
@@ -110,6 +123,8 @@ def build_bootable_card(out: Path, *, l4t: L4TRelease, board: str = "t210ref",
         _export(tag, root)
         (root / "etc/nv_tegra_release").write_text(format_nv_tegra_release(l4t, board))
         _default_name(root)  # an exported container holds Docker's empty placeholders
+        if l4t.major >= 36:
+            _as_orin_nano(root, l4t)
         build_test_image(out, app_size=APP_SIZE, l4t=l4t, board=board, rootfs=root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

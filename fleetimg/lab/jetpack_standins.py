@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 # Minimal: the stand-ins record instead of changing hardware.
 NVFB_EARLY = """#!/bin/sh
-# Stand-in for NVIDIA's nvfb-early.sh: the power model for this module, once.
-[ -e /etc/nvpmodel.conf ] || cp /etc/nvpmodel/nvpmodel_t210.conf /etc/nvpmodel.conf
+# Stand-in for NVIDIA's nvfb-early.sh: the power model for this module, once (the card
+# holds one module's file: t210 on an R32 card, an Orin Nano's on an R36 card).
+[ -e /etc/nvpmodel.conf ] || cp "$(ls /etc/nvpmodel/nvpmodel_*.conf | head -n 1)" /etc/nvpmodel.conf
 """
 
 NVFB = """#!/bin/sh
@@ -59,6 +60,17 @@ NVPMODEL_T210 = """< PM_CONFIG DEFAULT=0 >
 < POWER_MODEL ID=0 NAME=MAXN >
 CPU_ONLINE CORE_0 1
 < POWER_MODEL ID=1 NAME=5W >
+CPU_ONLINE CORE_0 1
+"""
+
+# An Orin Nano 8 GB with the Super device tree (nvpmodel_p3767_0003_super.conf): the IDs
+# differ from the Nano's, the names are what the card overlay chooses by.
+NVPMODEL_ORIN_NANO = """< PM_CONFIG DEFAULT=2 >
+< POWER_MODEL ID=0 NAME=15W >
+CPU_ONLINE CORE_0 1
+< POWER_MODEL ID=1 NAME=25W >
+CPU_ONLINE CORE_0 1
+< POWER_MODEL ID=2 NAME=MAXN_SUPER >
 CPU_ONLINE CORE_0 1
 """
 
@@ -161,3 +173,25 @@ SYMLINKS: tuple[tuple[str, str], ...] = (
     ("/etc/systemd/system/systemd-binfmt.service", "/dev/null"),
     ("/etc/systemd/system/proc-sys-fs-binfmt_misc.automount", "/dev/null"),
 )
+
+
+# What NVIDIA's device trees say, per module (one example part each), for lab nodes and
+# cards that play that module: probe reads /etc/fleetimg-lab/device-tree-compatible there.
+LAB_COMPATIBLE = {
+    "nano-4gb": "nvidia,p3449-0000-b00+p3448-0000-b00 nvidia,jetson-nano nvidia,tegra210",
+    "orin-nano": "nvidia,p3768-0000+p3767-0005-super nvidia,p3767-0005 nvidia,tegra234",
+    "orin-nx": "nvidia,p3768-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234",
+    "agx-orin": "nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234",
+}
+MODULE_TEGRA_BOARD = {"tx2": "t186ref", "xavier-nx": "t186ref", "agx-xavier": "t186ref"}
+
+
+def orin_card_files(l4t_release: str) -> tuple[StandinFile, ...]:
+    """What makes a lab card an Orin Nano's (R36): its power model file, its device tree's
+    compatible string and its module firmware, where probe reads them in the lab."""
+    return (
+        StandinFile("/etc/nvpmodel/nvpmodel_p3767_0003_super.conf", NVPMODEL_ORIN_NANO),
+        StandinFile("/etc/fleetimg-lab/device-tree-compatible",
+                    "".join(f"{part}\0" for part in LAB_COMPATIBLE["orin-nano"].split())),
+        StandinFile("/etc/fleetimg-lab/firmware", f"{l4t_release}\n"),
+    )

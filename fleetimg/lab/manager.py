@@ -30,6 +30,7 @@ from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import INTERNAL_KEY_NAME, MODULES, Fleet, Node, load
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab.boot import booted_cards, stop_card
+from fleetimg.lab.jetpack_standins import LAB_COMPATIBLE, MODULE_TEGRA_BOARD
 from fleetimg.lab.nodeimage import LAB_USER, ensure_node_image
 from fleetimg.paths import state_dir
 from fleetimg.ssh import Ssh, SshOptions
@@ -56,7 +57,7 @@ class LabConfig:
     name: str = "lab"
     nodes: int = 3
     l4t: L4TRelease = DEFAULT_L4T
-    board: str = "t210ref"
+    module: str = "nano-4gb"  # what every node plays unless `boards` says otherwise
     subnet: str = DEFAULT_SUBNET
     directory: Path | None = None
     # Nodes written into fleet.toml without a container: boards that boot from a card
@@ -70,7 +71,7 @@ class LabConfig:
         for i, release, module in self.boards:
             if i == index:
                 return LabBoard(release, module)
-        return LabBoard(self.l4t, "nano-4gb")
+        return LabBoard(self.l4t, self.module)
 
     @property
     def dir(self) -> Path:
@@ -126,16 +127,6 @@ class LabBoard:
         return MODULES[self.module].ethernet
 
 
-# What NVIDIA's device trees say, per module (one example part each).
-LAB_COMPATIBLE = {
-    "nano-4gb": "nvidia,p3449-0000-b00+p3448-0000-b00 nvidia,jetson-nano nvidia,tegra210",
-    "orin-nano": "nvidia,p3768-0000+p3767-0005-super nvidia,p3767-0005 nvidia,tegra234",
-    "orin-nx": "nvidia,p3768-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234",
-    "agx-orin": "nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234",
-}
-MODULE_TEGRA_BOARD = {"tx2": "t186ref", "xavier-nx": "t186ref", "agx-xavier": "t186ref"}
-
-
 @dataclass(frozen=True)
 class LabNodeStatus:
     name: str
@@ -160,6 +151,9 @@ def _validate(config: LabConfig) -> None:
         net = ipaddress.IPv4Network(config.subnet, strict=True)
     except ValueError as exc:
         raise LabError(f"--subnet {config.subnet!r}: {exc}", hint="e.g. 172.29.213.0/24") from exc
+    if config.module not in MODULES:
+        raise LabError(f"--module {config.module!r}: not a module fleetimg knows",
+                       hint=f"modules: {', '.join(sorted(MODULES))}")
     for index, release, _module in config.boards:
         if not 1 <= index <= config.nodes + config.card_nodes:
             raise LabError(f"--board node{index}: the lab has node1 to "

@@ -1,6 +1,12 @@
 """A Jetson-like SD card image, built without root (sgdisk + mke2fs -d), for rehearsals,
-tests and benchmarks: GPT, 14 partitions, APP (ext4 root) as partition 1 but physically
-last at sector 28672, and a root filesystem skeleton with what fleetimg reads and edits.
+tests and benchmarks: GPT with APP (ext4 root) as partition 1 but physically last, and a
+root filesystem skeleton with what fleetimg reads and edits.
+
+Two layouts, chosen by the L4T release:
+- JetPack 4/5 (a Nano's): 14 partitions, firmware blobs before APP;
+- JetPack 6 (an Orin Nano's, NVIDIA's flash_t234_qspi_sd.xml): 15 partitions, the boot
+  firmware lives in the module's QSPI, the card holds A/B kernels, recovery, two 64 MiB EFI
+  system partitions (esp, esp_alt: FAT with EFI/BOOT/BOOTAA64.efi), UDA and reserved.
 """
 
 from __future__ import annotations
@@ -8,17 +14,50 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleetimg import run as runmod
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.sdcard.gpt import SECTOR
 
-APP_START = 28672
 DEFAULT_L4T = L4TRelease(32, 7, 1)
-FIRMWARE = ("TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS",
-            "BMP", "RP4")
 FIRMWARE_SECTORS = 1024
+ESP_SECTORS = (64 << 20) // SECTOR
+ESP_TYPE = "ef00"  # EFI system partition
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The partitions before APP, in disk order: (name, sectors, sgdisk type code)."""
+
+    name: str
+    before_app: tuple[tuple[str, int, str], ...]
+    first_app_sector: int = 0  # where APP starts at the earliest
+
+    @property
+    def app_start(self) -> int:
+        end = 40 + sum(sectors for _, sectors, _ in self.before_app)
+        aligned = -(-end // 2048) * 2048  # APP 1 MiB aligned, as in NVIDIA's images
+        return max(aligned, self.first_app_sector)
+
+
+T210 = Layout("t210", tuple((name, FIRMWARE_SECTORS, "8300") for name in (
+    "TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS", "BMP",
+    "RP4")), first_app_sector=28672)
+T234 = Layout("t234", (
+    ("A_kernel", FIRMWARE_SECTORS, "8300"), ("A_kernel-dtb", FIRMWARE_SECTORS, "8300"),
+    ("A_reserved_on_user", FIRMWARE_SECTORS, "8300"), ("B_kernel", FIRMWARE_SECTORS, "8300"),
+    ("B_kernel-dtb", FIRMWARE_SECTORS, "8300"), ("B_reserved_on_user", FIRMWARE_SECTORS, "8300"),
+    ("recovery", FIRMWARE_SECTORS, "8300"), ("recovery-dtb", FIRMWARE_SECTORS, "8300"),
+    ("esp", ESP_SECTORS, ESP_TYPE), ("recovery_alt", FIRMWARE_SECTORS, "8300"),
+    ("recovery-dtb_alt", FIRMWARE_SECTORS, "8300"), ("esp_alt", ESP_SECTORS, ESP_TYPE),
+    ("UDA", FIRMWARE_SECTORS, "8300"), ("reserved", FIRMWARE_SECTORS, "8300")))
+APP_START = T210.app_start  # the Nano layout's
+
+
+def layout_for(l4t: L4TRelease) -> Layout:
+    return T234 if l4t.major >= 36 else T210
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -148,41 +187,59 @@ def build_test_image(
     lab's bootable card)."""
     runmod.require_tool("sgdisk")
     runmod.require_tool("mke2fs")
+    layout = layout_for(l4t)
+    app_start = layout.app_start
     app_sectors = app_size // SECTOR
-    total_sectors = APP_START + app_sectors + 34
+    total_sectors = app_start + app_sectors + 34
     tmp_out = out.with_name(out.name + ".part")
     tmp_out.unlink(missing_ok=True)
     with tmp_out.open("wb") as fh:
         fh.truncate(total_sectors * SECTOR)
     args = ["sgdisk", "-o", "-a", "8",
-            "-n", f"1:{APP_START}:{APP_START + app_sectors - 1}", "-c", "1:APP", "-t", "1:8300"]
+            "-n", f"1:{app_start}:{app_start + app_sectors - 1}", "-c", "1:APP", "-t", "1:8300"]
     start = 40
-    for i, name in enumerate(FIRMWARE, start=2):
-        end = start + FIRMWARE_SECTORS - 1
-        args += ["-n", f"{i}:{start}:{end}", "-c", f"{i}:{name}", "-t", f"{i}:8300"]
-        start = end + 1
+    for i, (name, sectors, code) in enumerate(layout.before_app, start=2):
+        args += ["-n", f"{i}:{start}:{start + sectors - 1}", "-c", f"{i}:{name}",
+                 "-t", f"{i}:{code}"]
+        start += sectors
     runmod.run([*args, str(tmp_out)])
-    with tmp_out.open("r+b") as fh:
-        start = 40
-        for _ in FIRMWARE:
-            fh.seek(start * SECTOR)
-            fh.write(os.urandom(64 << 10))  # firmware blobs, partly filled like the real ones
-            start += FIRMWARE_SECTORS
+    start = 40
+    for _name, sectors, code in layout.before_app:
+        if code == ESP_TYPE:
+            _make_esp(tmp_out, start)
+        else:
+            with tmp_out.open("r+b") as fh:
+                fh.seek(start * SECTOR)
+                fh.write(os.urandom(64 << 10))  # blobs, partly filled like the real ones
+        start += sectors
     if rootfs is not None:
-        _make_app(rootfs, tmp_out, app_size)
+        _make_app(rootfs, tmp_out, app_size, app_start)
     else:
         work = Path(tempfile.mkdtemp(prefix="jetson-rootfs-"))
         try:
             make_rootfs(work, l4t=l4t, board=board, booted=booted, payload=payload,
                         stock_identity=stock_identity)
-            _make_app(work, tmp_out, app_size)
+            _make_app(work, tmp_out, app_size, app_start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     tmp_out.replace(out)
     return out
 
 
-def _make_app(root: Path, image: Path, app_size: int) -> None:
+def _make_app(root: Path, image: Path, app_size: int, app_start: int) -> None:
     runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
-                "-E", f"offset={APP_START * SECTOR}", "-d", str(root), str(image),
+                "-E", f"offset={app_start * SECTOR}", "-d", str(root), str(image),
                 str(app_size // 4096)])
+
+
+def _make_esp(image: Path, start: int) -> None:
+    """A FAT EFI system partition with the UEFI loader's path, as on an Orin card (mtools
+    writes inside the image at an offset: no loop device, no root)."""
+    runmod.require_tool("mformat")
+    target = f"{image}@@{start * SECTOR}"
+    runmod.run(["mformat", "-i", target, "-T", str(ESP_SECTORS), "-v", "ESP", "::"])
+    with tempfile.TemporaryDirectory() as tmp:
+        loader = Path(tmp) / "BOOTAA64.efi"
+        loader.write_bytes(b"MZ" + os.urandom(4094))  # a PE image starts with MZ
+        runmod.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"])
+        runmod.run(["mcopy", "-i", target, str(loader), "::/EFI/BOOT/BOOTAA64.efi"])

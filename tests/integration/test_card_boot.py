@@ -40,8 +40,10 @@ CARD_SUBNET = os.environ.get("FLEETIMG_ITEST_CARD_SUBNET", "172.29.216.0/24")
 @pytest.fixture(scope="module")
 def cards_lab(tmp_path_factory: pytest.TempPathFactory,
               docker_client: docker.DockerClient) -> Iterator[tuple[LabConfig, Fleet]]:
-    config = LabConfig(name=f"{LAB_NAME}-cards", nodes=1, card_nodes=2, subnet=CARD_SUBNET,
-                       directory=tmp_path_factory.mktemp("cards-lab"))
+    # node4 is an Orin Nano on JetPack 6.2: its card is an R36 one.
+    config = LabConfig(name=f"{LAB_NAME}-cards", nodes=1, card_nodes=3, subnet=CARD_SUBNET,
+                       directory=tmp_path_factory.mktemp("cards-lab"),
+                       boards=((4, L4TRelease(36, 4, 3), "orin-nano"),))
     lab_down(config)
     fleet = lab_up(config)
     yield config, fleet
@@ -52,6 +54,12 @@ def cards_lab(tmp_path_factory: pytest.TempPathFactory,
 def bootable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bootable_card(tmp_path_factory.mktemp("bootable") / "bootable.img",
                                l4t=L4TRelease(32, 7, 1))
+
+
+@pytest.fixture(scope="module")
+def bootable_orin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bootable_card(tmp_path_factory.mktemp("bootable") / "orin.img",
+                               l4t=L4TRelease(36, 4, 3))
 
 
 def sdcard(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,8 +87,8 @@ def test_card_node_boots_and_joins_the_fleet(
     docker_client: docker.DockerClient,
 ) -> None:
     config, fleet = cards_lab
-    assert [n.name for n in fleet.nodes] == ["node1", "node2", "node3"]
-    assert fleet.groups["cards"] == ("node2", "node3")
+    assert [n.name for n in fleet.nodes] == ["node1", "node2", "node3", "node4"]
+    assert fleet.groups["cards"] == ("node2", "node3", "node4")
     card = write_card(fleet, "node2", bootable, tmp_path / "node2.img")
     boot_card(fleet, config.name, card)
     try:
@@ -193,3 +201,31 @@ def test_copy_of_a_booted_card_is_refused_unless_allowed_then_boots_as_another_n
     finally:
         stop_card("node3")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_orin_card_boots_like_a_nano_card(
+    cards_lab: tuple[LabConfig, Fleet], bootable_orin: Path, tmp_path: Path,
+) -> None:
+    config, fleet = cards_lab
+    assert fleet.node("node4").module.name == "orin-nano"
+    card = write_card(fleet, "node4", bootable_orin, tmp_path / "node4.img")
+    boot_card(fleet, config.name, card)
+    try:
+        code, data = fleetimg_json("-i", str(fleet.path), "nodes", "probe", "--to", "node4")
+        assert code == 0, data
+        assert isinstance(data, list)
+        probe = data[0]
+        assert (probe["l4t"], probe["jetpack"], probe["board"]) == ("R36.4.3", "6.2", "generic")
+        assert probe["module"] == "orin-nano" and probe["firmware"] == "36.4.3"
+        # The keyfile names the Orin's port, and the card came up on it at its address.
+        assert "enP8p1s0" in probe["interfaces"] and "eth0" not in probe["interfaces"]
+        assert probe["address"] == fleet.node("node4").address and probe["hostname"] == "node4"
+        assert probe["firstboot"] == "done" and probe["warnings"] == []
+        # Power by name: MAXN_SUPER is mode 2 in an Orin Nano's (Super) model, 0 on a Nano.
+        assert on(fleet, "node4", "cat /var/lib/nvpmodel/status") == "2"
+        groups = on(fleet, "node4", "id -nG").split()
+        assert {"render", "weston-launch", "video", "sudo"} <= set(groups), groups
+        assert on(fleet, "node4", "test -e /var/log/nv-oem-config-reached && echo yes || "
+                  "echo no") == "no"
+    finally:
+        stop_card("node4")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from fleetimg import inventory
 from fleetimg import run as runmod
 from fleetimg.inventory import Fleet
 from fleetimg.sdcard.ext4 import Ext4
-from fleetimg.sdcard.testimage import APP_START, build_test_image
+from fleetimg.sdcard.gpt import read_table
+from fleetimg.sdcard.testimage import build_test_image
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,14 @@ def make_fleet(tmp_path: Path) -> Callable[..., Fleet]:
 
 
 def app_fs(image: Path) -> Ext4:
-    return Ext4(image, APP_START * 512)
+    """APP of a card image, found by name in its GPT (Nano and Orin layouts differ)."""
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        app = read_table(fd, str(image)).by_name("APP")
+    finally:
+        os.close(fd)
+    assert app is not None
+    return Ext4(image, app.offset)
 
 
 def copy(src: Path, dst: Path) -> Path:

@@ -12,7 +12,7 @@ from fleetimg.errors import DiskError
 from fleetimg.sdcard.ext4 import parse_free_blocks, parse_stat
 from fleetimg.sdcard.gpt import read_table
 from fleetimg.sdcard.source import resolve_source
-from fleetimg.sdcard.testimage import APP_START, FIRMWARE
+from fleetimg.sdcard.testimage import APP_START, T210
 from fleetimg.sdcard.writer import merge, plan_write
 from tests.conftest import DATA
 
@@ -27,7 +27,7 @@ def test_test_image_is_jetson_like(jetson_image: Path) -> None:
     app = table.by_name("APP")
     assert app is not None and app.number == 1 and app.first_lba == APP_START
     assert all(p.first_lba < app.first_lba for p in table.partitions if p is not app)
-    assert {p.name for p in table.partitions} == {"APP", *FIRMWARE}
+    assert {p.name for p in table.partitions} == {"APP", *(n for n, _, _ in T210.before_app)}
 
 
 def test_not_a_gpt_image(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ R36's groups, the firmware rule, GPT GUIDs kept, a clean filesystem."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def guids(image: Path) -> tuple[str, list[tuple[str, str]]]:
     finally:
         os.close(fd)
     return table.disk_guid, [(p.name, p.unique_guid) for p in table.partitions]
+
+
+def test_orin_image_has_nvidias_sd_layout(orin_image: Path, tmp_path: Path) -> None:
+    fd = os.open(orin_image, os.O_RDONLY)
+    try:
+        table = read_table(fd, str(orin_image))
+    finally:
+        os.close(fd)
+    assert len(table.partitions) == 15
+    app = table.by_name("APP")
+    assert app is not None and app.number == 1
+    assert app.first_lba == max(p.first_lba for p in table.partitions)  # physically last
+    esp = table.by_name("esp")
+    assert esp is not None and table.by_name("esp_alt") is not None
+    assert esp.type_guid.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # EFI system
+    assert esp.size == 64 << 20
+    # A real FAT file system with the UEFI loader's path.
+    listing = subprocess.run(["mdir", "-i", f"{orin_image}@@{esp.offset}", "-b",
+                              "::/EFI/BOOT"], capture_output=True, text=True, check=True)
+    assert "BOOTAA64.EFI" in listing.stdout.upper()
 
 
 def test_orin_nano_card(make_fleet: Callable[..., Fleet], orin_image: Path,
