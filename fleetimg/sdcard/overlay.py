@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import resources
 from string import Template
 
@@ -137,6 +138,44 @@ def validate_settings(fleet: Fleet, node: Node) -> None:
                          "[sdcard] k3s_server")
 
 
+class Concern(str, Enum):
+    """What a part of a node's desired state is about (`apply --only` names these)."""
+
+    NETWORK = "network"  # hostname, /etc/hosts, the NetworkManager keyfile
+    USERS = "users"  # the user, groups, sudoers, keys, the fleet-internal key
+    BOOT = "boot"  # default.target (no oem-config wizard), nvautoconfig
+    FIRSTBOOT = "firstboot"  # fleetimg's first boot: grow, power mode, swap; zram
+    DOCKER = "docker"  # daemon.json: nvidia as the default runtime
+    K3S = "k3s"  # join configuration and the node password
+    IDENTITY = "identity"  # machine-id and SSH host keys: the node's own
+
+
+@dataclass(frozen=True)
+class Part:
+    """One concern's share of a node's desired state."""
+
+    concern: Concern
+    files: tuple[FileSpec, ...] = ()
+    dirs: tuple[DirSpec, ...] = ()
+    symlinks: tuple[SymlinkSpec, ...] = ()
+    remove: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Context:
+    fleet: Fleet
+    node: Node
+    fs: Ext4  # what the root filesystem holds now
+    secrets: CardSecrets
+    release: L4TRelease  # the image's (or the board's) L4T
+    reset_identity: bool
+
+    @property
+    def settings(self) -> SdcardSettings:
+        return self.fleet.sdcard
+
+
 def build_overlay(
     fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *,
     image_release: L4TRelease | None, reset_identity: bool = False,
@@ -144,31 +183,50 @@ def build_overlay(
     """What the node's card needs, computed from the inventory and the image; writes
     nothing (secrets not yet on disk are in `secrets`, created by the write step).
     `reset_identity`: the image comes from a booted board (--allow-cloned)."""
-    s: SdcardSettings = fleet.sdcard
-    notes: list[str] = []
-    files: list[FileSpec] = []
-    dirs: list[DirSpec] = []
-    symlinks: list[SymlinkSpec] = []
-    remove: list[str] = []
+    parts = overlay_parts(fleet, node, fs, secrets, image_release=image_release,
+                          reset_identity=reset_identity)
+    # Missing parent directories are created by Ext4.apply, like mkdir -p.
+    return Overlay(tuple(f for p in parts for f in p.files),
+                   tuple(d for p in parts for d in p.dirs),
+                   tuple(s for p in parts for s in p.symlinks),
+                   tuple(dict.fromkeys(r for p in parts for r in p.remove)),
+                   tuple(n for p in parts for n in p.notes))
 
-    # Identity and network.
-    files.append(FileSpec("/etc/hostname", f"{node.name}\n".encode()))
+
+def overlay_parts(
+    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *,
+    image_release: L4TRelease | None, reset_identity: bool = False,
+) -> list[Part]:
+    """The node's desired state, one part per concern, in the order they are written."""
+    ctx = _Context(fleet, node, fs, secrets, image_release or node.l4t, reset_identity)
+    return [_network(ctx), _users(ctx), _boot(ctx), _first_boot(ctx), _docker(ctx),
+            _k3s(ctx), _identity(ctx)]
+
+
+def _network(ctx: _Context) -> Part:
+    fleet, node = ctx.fleet, ctx.node
     # The node's own name resolves to its fleet address, not NVIDIA's 127.0.1.1: Gloo
     # (Horovod, torch.distributed) binds what its hostname resolves to (docs/first-boot.md).
     fleet_hosts = "\n".join(f"{n.address}\t{n.name}" for n in fleet.nodes if n is not node)
-    files.append(FileSpec("/etc/hosts", _template("hosts.tmpl").substitute(
-        hostname=node.name, address=node.address, fleet=fleet.name,
-        fleet_hosts=fleet_hosts).encode()))
+    hosts = _template("hosts.tmpl").substitute(
+        hostname=node.name, address=node.address, fleet=fleet.name, fleet_hosts=fleet_hosts)
     gw = f",{fleet.gateway}" if fleet.gateway else ""
     dns = "".join(f"{d};" for d in fleet.dns) or (f"{fleet.gateway};" if fleet.gateway else "")
     # Bound to the module's own port: eth0 on Nano/TX2/Xavier/AGX Orin, enP8p1s0 (a PCIe
     # NIC) on the Orin Nano/NX devkits.
-    files.append(FileSpec(f"{NM_DIR}/fleetimg-wired.nmconnection", _template(
-        "nm-wired.nmconnection.tmpl").substitute(
-            uuid=uuid.uuid4(), address=node.address, prefix=fleet.subnet.prefixlen,
-            gateway_suffix=gw, dns=dns, interface=node.module.ethernet).encode(), mode=0o600))
+    keyfile = _template("nm-wired.nmconnection.tmpl").substitute(
+        uuid=uuid.uuid4(), address=node.address, prefix=fleet.subnet.prefixlen,
+        gateway_suffix=gw, dns=dns, interface=node.module.ethernet)
+    return Part(Concern.NETWORK, files=(
+        FileSpec("/etc/hostname", f"{node.name}\n".encode()),
+        FileSpec("/etc/hosts", hosts.encode()),
+        FileSpec(f"{NM_DIR}/fleetimg-wired.nmconnection", keyfile.encode(), mode=0o600)))
 
-    # The default user, as l4t_create_default_user.sh makes it.
+
+def _users(ctx: _Context) -> Part:
+    """The default user, as l4t_create_default_user.sh makes it, with fleetimg's keys."""
+    s, fs = ctx.settings, ctx.fs
+    notes: list[str] = []
     acc = _Accounts(
         passwd=_Accounts.parse(fs.read_text("/etc/passwd")),
         shadow=_Accounts.parse(fs.read_text("/etc/shadow")),
@@ -177,6 +235,32 @@ def build_overlay(
     )
     if not acc.passwd or not acc.group:
         raise DiskError("the image has no /etc/passwd or /etc/group: not an L4T root filesystem")
+    uid, gid = _add_user(acc, s, notes)
+    _add_to_groups(acc, s, ctx.release, notes)
+    files: list[FileSpec] = []
+    for name, rows, mode, default_gid in (("passwd", acc.passwd, 0o644, 0),
+                                           ("group", acc.group, 0o644, 0),
+                                           ("shadow", acc.shadow, 0o640, None),
+                                           ("gshadow", acc.gshadow, 0o640, None)):
+        current = fs.stat(f"/etc/{name}")
+        files.append(FileSpec(f"/etc/{name}", _Accounts.render(rows),
+                              mode=current.mode if current else mode,
+                              gid=current.gid if current else (default_gid or 0)))
+    if s.password_hash is None:
+        # Key-only login: sudo could never ask for a password, so it must not.
+        files.append(FileSpec(f"/etc/sudoers.d/fleetimg-{s.user}",
+                              f"{s.user} ALL=(ALL) NOPASSWD:ALL\n".encode(), mode=0o440))
+    home = f"/home/{s.user}"
+    skel = _copy_skel(fs, home, uid, gid, notes)
+    files += skel.files + _keys(ctx, home, uid, gid)
+    dirs = [DirSpec(home, 0o755, uid, gid), DirSpec(f"{home}/.ssh", 0o700, uid, gid),
+            *skel.dirs]
+    return Part(Concern.USERS, files=tuple(files), dirs=tuple(dirs),
+                symlinks=tuple(skel.symlinks), notes=tuple(notes))
+
+
+def _add_user(acc: _Accounts, s: SdcardSettings, notes: list[str]) -> tuple[int, int]:
+    """The user's rows (kept if the image has them); returns its uid and gid."""
     user = s.user
     existing = next((r for r in acc.passwd if r[0] == user), None)
     if existing is not None:
@@ -193,11 +277,14 @@ def build_overlay(
         acc.group.append([user, "x", str(gid), ""])
         acc.gshadow.append([user, "!", "", ""])
     # '*' (no password) rather than '!' (locked): sshd refuses keys for locked accounts.
-    pw = s.password_hash or "*"
     days = str(int(time.time() // 86400))
     acc.shadow = [r for r in acc.shadow if r[0] != user]
-    acc.shadow.append([user, pw, days, "0", "99999", "7", "", "", ""])
-    release = image_release or node.l4t  # the image's /etc/nv_tegra_release, if it has one
+    acc.shadow.append([user, s.password_hash or "*", days, "0", "99999", "7", "", "", ""])
+    return uid, gid
+
+
+def _add_to_groups(acc: _Accounts, s: SdcardSettings, release: L4TRelease,
+                   notes: list[str]) -> None:
     if release.major >= 36 and "weston-launch" in s.groups and \
             not any(r[0] == "weston-launch" for r in acc.group):
         # R36's l4t_create_default_user.sh creates the group when the image lacks it.
@@ -217,135 +304,141 @@ def build_overlay(
             while len(row) < 4:
                 row.append("")
             members = [m for m in row[3].split(",") if m]
-            if user not in members:
-                members.append(user)
+            if s.user not in members:
+                members.append(s.user)
             row[3] = ",".join(members)
     if missing_groups:
         notes.append(f"groups not in this image, skipped: {', '.join(missing_groups)}")
-    for name, rows, mode, default_gid in (("passwd", acc.passwd, 0o644, 0),
-                                           ("group", acc.group, 0o644, 0),
-                                           ("shadow", acc.shadow, 0o640, None),
-                                           ("gshadow", acc.gshadow, 0o640, None)):
-        current = fs.stat(f"/etc/{name}")
-        files.append(FileSpec(f"/etc/{name}", _Accounts.render(rows),
-                              mode=current.mode if current else mode,
-                              gid=current.gid if current else (default_gid or 0)))
-    if s.password_hash is None:
-        # Key-only login: sudo could never ask for a password, so it must not.
-        files.append(FileSpec(f"/etc/sudoers.d/fleetimg-{user}",
-                              f"{user} ALL=(ALL) NOPASSWD:ALL\n".encode(), mode=0o440))
-    home = f"/home/{user}"
-    dirs += [DirSpec(home, 0o755, uid, gid), DirSpec(f"{home}/.ssh", 0o700, uid, gid)]
-    skel = _copy_skel(fs, home, uid, gid, notes)
-    files += skel.files
-    dirs += skel.dirs
-    symlinks += skel.symlinks
-    keys = [k.read_text().strip() for k in s.authorized_keys]
-    if s.internal_ssh_key:
-        assert secrets.internal_private is not None and secrets.internal_public is not None
-        pub = secrets.internal_public
+
+
+def _keys(ctx: _Context, home: str, uid: int, gid: int) -> list[FileSpec]:
+    """authorized_keys, and the fleet-internal key pair nodes relay pushes with."""
+    keys = [k.read_text().strip() for k in ctx.settings.authorized_keys]
+    files = []
+    if ctx.settings.internal_ssh_key:
+        private, pub = ctx.secrets.internal_private, ctx.secrets.internal_public
+        assert private is not None and pub is not None
         keys.append(pub)
-        files.append(FileSpec(f"{home}/.ssh/id_ed25519", secrets.internal_private, 0o600,
-                              uid, gid))
-        files.append(FileSpec(f"{home}/.ssh/id_ed25519.pub", (pub + "\n").encode(), 0o644,
-                              uid, gid))
+        files += [FileSpec(f"{home}/.ssh/id_ed25519", private, 0o600, uid, gid),
+                  FileSpec(f"{home}/.ssh/id_ed25519.pub", (pub + "\n").encode(), 0o644,
+                           uid, gid)]
     files.append(FileSpec(f"{home}/.ssh/authorized_keys", ("\n".join(keys) + "\n").encode(),
                           0o600, uid, gid))
+    return files
 
-    # Skip the oem-config wizard; keep /etc/nv/nvfirstboot for NVIDIA's per-board setup.
-    target = "multi-user.target" if s.headless else "graphical.target"
-    remove.append(DEFAULT_TARGET)
-    symlinks.append(SymlinkSpec(DEFAULT_TARGET, f"/lib/systemd/system/{target}"))
-    if touches_nvautoconfig(release):
+
+def _boot(ctx: _Context) -> Part:
+    """Skip the oem-config wizard; keep /etc/nv/nvfirstboot for NVIDIA's per-board setup."""
+    target = "multi-user.target" if ctx.settings.headless else "graphical.target"
+    files: list[FileSpec] = []
+    dirs: list[DirSpec] = []
+    notes: list[str] = []
+    if touches_nvautoconfig(ctx.release):
         # As R36's l4t_create_default_user.sh does; on R32, nv-late-init.sh would take the
         # flag as "grow APP, add a swap file, update QSPI" (docs/first-boot.md).
         dirs.append(DirSpec("/etc/nv"))
         files.append(FileSpec("/etc/nv/nvautoconfig", b""))
-    if fs.stat("/etc/nv/nvfirstboot") is None and not reset_identity:
+    if ctx.fs.stat("/etc/nv/nvfirstboot") is None and not ctx.reset_identity:
         notes.append("/etc/nv/nvfirstboot is absent in this image: NVIDIA's first-boot setup "
                      "will not run")
+    return Part(Concern.BOOT, files=tuple(files), dirs=tuple(dirs),
+                symlinks=(SymlinkSpec(DEFAULT_TARGET, f"/lib/systemd/system/{target}"),),
+                remove=(DEFAULT_TARGET,), notes=tuple(notes))
 
-    # First boot: grow APP, power mode, swap file, host keys.
+
+def _first_boot(ctx: _Context) -> Part:
+    """fleetimg's first boot: grow APP, power mode, swap file, host keys."""
+    s = ctx.settings
     swapfile = s.swap if s.swap not in ("off", "zram") else ""
     # Power modes are chosen by name on the board, from the /etc/nvpmodel.conf that NVIDIA's
     # first boot picks for it: IDs differ per module and release (docs/first-boot.md).
     power_names = s.power_mode or (" ".join(MAX_POWER_MODES) if s.max_power else "")
     conf = (f"GROW_APP=1\nMAX_POWER_NAMES=\"{power_names}\"\nSWAPFILE={swapfile}\n"
-            f"NODE={node.name}\n")
-    dirs.append(DirSpec("/etc/fleetimg"))
-    files.append(FileSpec("/etc/fleetimg/firstboot.conf", conf.encode()))
+            f"NODE={ctx.node.name}\n")
+    wants = "/etc/systemd/system/multi-user.target.wants/fleetimg-firstboot.service"
     # A card from a booted fleetimg board (--allow-cloned) runs its first boot again: it
     # makes the host keys and machine-id this card was given none of.
-    remove += [p for p in ("/etc/fleetimg/firstboot.done", "/etc/fleetimg/firstboot.failed")
-               if fs.stat(p) is not None]
-    files.append(FileSpec("/usr/local/sbin/fleetimg-firstboot",
-                          _resource("fleetimg-firstboot.sh"), 0o755))
-    files.append(FileSpec(FIRSTBOOT_UNIT, _resource("fleetimg-firstboot.service.tmpl")))
-    dirs.append(DirSpec("/etc/systemd/system/multi-user.target.wants"))
-    wants = "/etc/systemd/system/multi-user.target.wants/fleetimg-firstboot.service"
+    remove = [p for p in ("/etc/fleetimg/firstboot.done", "/etc/fleetimg/firstboot.failed")
+              if ctx.fs.stat(p) is not None]
     remove.append(wants)
-    symlinks.append(SymlinkSpec(wants, FIRSTBOOT_UNIT))
     if s.swap == "off":
         # NVIDIA enables zram swap through multi-user.target.wants; removing that link turns
         # it off and leaves nvidia-l4t-init's own unit file alone (docs/first-boot.md).
         remove.append(ZRAM_WANTS)
+    return Part(Concern.FIRSTBOOT, files=(
+        FileSpec("/etc/fleetimg/firstboot.conf", conf.encode()),
+        FileSpec("/usr/local/sbin/fleetimg-firstboot", _resource("fleetimg-firstboot.sh"),
+                 0o755),
+        FileSpec(FIRSTBOOT_UNIT, _resource("fleetimg-firstboot.service.tmpl"))),
+        dirs=(DirSpec("/etc/fleetimg"), DirSpec("/etc/systemd/system/multi-user.target.wants")),
+        symlinks=(SymlinkSpec(wants, FIRSTBOOT_UNIT),), remove=tuple(remove))
 
-    # Docker: nvidia as the default runtime, keeping NVIDIA's runtime definition.
-    if s.docker_nvidia_default:
-        raw = fs.read_text("/etc/docker/daemon.json")
-        try:
-            daemon = json.loads(raw) if raw and raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise DiskError(f"/etc/docker/daemon.json in the image is not valid JSON: {exc}") \
-                from exc
-        if not isinstance(daemon, dict):
-            raise DiskError("/etc/docker/daemon.json in the image is not a JSON object")
-        daemon.setdefault("runtimes", {}).setdefault(
-            "nvidia", {"path": "nvidia-container-runtime", "runtimeArgs": []})
-        daemon["default-runtime"] = "nvidia"
-        dirs.append(DirSpec("/etc/docker"))
-        files.append(FileSpec("/etc/docker/daemon.json",
-                              (json.dumps(daemon, indent=4) + "\n").encode()))
 
-    # K3s: join configuration. The token is a secret: 0600, only when a token file is given.
-    if node.runtime is Runtime.K3S:
-        if s.k3s_token_file is None:
-            notes.append("K3s join config skipped: set [sdcard] k3s_token_file")
-        else:
-            token = s.k3s_token_file.read_text().strip()
-            lines = [f"node-name: {node.name}", f"token: {token}"]
-            if node.role is Role.WORKER:
-                server = s.k3s_server or f"https://{fleet.masters[0].address}:6443"
-                lines.insert(0, f"server: {server}")
-            dirs += [DirSpec("/etc/rancher"), DirSpec("/etc/rancher/k3s")]
-            files.append(FileSpec("/etc/rancher/k3s/config.yaml",
-                                  ("\n".join(lines) + "\n").encode(), mode=0o600))
-        # The same node password on every re-flash, or the server rejects the node.
-        dirs += [DirSpec("/etc/rancher"), DirSpec("/etc/rancher/node", 0o700)]
-        files.append(FileSpec(NODE_PASSWORD, f"{secrets.node_passwords[node.name]}\n".encode(),
-                              mode=0o600))
+def _docker(ctx: _Context) -> Part:
+    """nvidia as Docker's default runtime, keeping NVIDIA's runtime definition."""
+    if not ctx.settings.docker_nvidia_default:
+        return Part(Concern.DOCKER)
+    raw = ctx.fs.read_text("/etc/docker/daemon.json")
+    try:
+        daemon = json.loads(raw) if raw and raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise DiskError(f"/etc/docker/daemon.json in the image is not valid JSON: {exc}") \
+            from exc
+    if not isinstance(daemon, dict):
+        raise DiskError("/etc/docker/daemon.json in the image is not a JSON object")
+    daemon.setdefault("runtimes", {}).setdefault(
+        "nvidia", {"path": "nvidia-container-runtime", "runtimeArgs": []})
+    daemon["default-runtime"] = "nvidia"
+    return Part(Concern.DOCKER, dirs=(DirSpec("/etc/docker"),), files=(
+        FileSpec("/etc/docker/daemon.json", (json.dumps(daemon, indent=4) + "\n").encode()),))
 
-    # Every card gets its own identity, whether or not NVIDIA's image ships one: no SSH host
-    # keys (nvfb.sh or fleetimg's first boot makes them) and an empty machine-id (systemd
-    # makes one). Two boards from one image never share them (docs/first-boot.md).
-    files.append(FileSpec("/etc/machine-id", b"", mode=0o444))
+
+def _k3s(ctx: _Context) -> Part:
+    """Join configuration; the token is a secret: 0600, only when a token file is given."""
+    node, s = ctx.node, ctx.settings
+    if node.runtime is not Runtime.K3S:
+        return Part(Concern.K3S)
+    files: list[FileSpec] = []
+    dirs = [DirSpec("/etc/rancher")]
+    notes: list[str] = []
+    if s.k3s_token_file is None:
+        notes.append("K3s join config skipped: set [sdcard] k3s_token_file")
+    else:
+        token = s.k3s_token_file.read_text().strip()
+        lines = [f"node-name: {node.name}", f"token: {token}"]
+        if node.role is Role.WORKER:
+            server = s.k3s_server or f"https://{ctx.fleet.masters[0].address}:6443"
+            lines.insert(0, f"server: {server}")
+        dirs.append(DirSpec("/etc/rancher/k3s"))
+        files.append(FileSpec("/etc/rancher/k3s/config.yaml",
+                              ("\n".join(lines) + "\n").encode(), mode=0o600))
+    # The same node password on every re-flash, or the server rejects the node.
+    dirs.append(DirSpec("/etc/rancher/node", 0o700))
+    files.append(FileSpec(NODE_PASSWORD,
+                          f"{ctx.secrets.node_passwords[node.name]}\n".encode(), mode=0o600))
+    return Part(Concern.K3S, files=tuple(files), dirs=tuple(dirs), notes=tuple(notes))
+
+
+def _identity(ctx: _Context) -> Part:
+    """Every card gets its own identity, whether or not NVIDIA's image ships one: no SSH host
+    keys (nvfb.sh or fleetimg's first boot makes them) and an empty machine-id (systemd
+    makes one). Two boards from one image never share them (docs/first-boot.md)."""
+    fs = ctx.fs
+    files = [FileSpec("/etc/machine-id", b"", mode=0o444)]
     dbus_id = fs.stat("/var/lib/dbus/machine-id")
     if dbus_id is not None and dbus_id.kind == "regular":  # often a link to /etc/machine-id
         files.append(FileSpec("/var/lib/dbus/machine-id", b"", mode=dbus_id.mode))
-    remove += [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
-    if reset_identity:
-        if fs.stat(NODE_PASSWORD) is not None and node.runtime is not Runtime.K3S:
+    remove = [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
+    notes: list[str] = []
+    if ctx.reset_identity:
+        if fs.stat(NODE_PASSWORD) is not None and ctx.node.runtime is not Runtime.K3S:
             remove.append(NODE_PASSWORD)
-        for state in ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
-                      "/var/lib/rancher/k3s/agent/serving-kubelet.crt"):
-            if fs.stat(state) is not None:
-                remove.append(state)
+        remove += [state for state in ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
+                                       "/var/lib/rancher/k3s/agent/serving-kubelet.crt")
+                   if fs.stat(state) is not None]
         notes.append("identity reset: the source board's K3s node password and agent "
                      "certificates removed")
-
-    # Missing parent directories are created by Ext4.apply, like mkdir -p.
-    return Overlay(tuple(files), tuple(dirs), tuple(symlinks), tuple(dict.fromkeys(remove)),
-                   tuple(notes))
+    return Part(Concern.IDENTITY, files=tuple(files), remove=tuple(remove), notes=tuple(notes))
 
 
 def apply_overlay(fs: Ext4, overlay: Overlay) -> None:
