@@ -348,184 +348,27 @@ def _port(value: Any, where: str, p: _Problems) -> int | None:
 
 
 def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Fleet:
+    """The inventory from its TOML tables; every problem is collected, then reported at
+    once, each at its field ("node 'node2'.address: ...")."""
     p = _Problems()
-    top_extra = set(data) - {"fleet", "nodes", "sdcard"}
-    for key in sorted(top_extra):
+    for key in sorted(set(data) - {"fleet", "nodes", "sdcard"}):
         p.add(key, "unknown table (expected [fleet], [sdcard] and [[nodes]])")
     fleet_t = data.get("fleet", {})
     if not isinstance(fleet_t, Mapping):
         raise InventoryError("fleet: must be a table ([fleet])")
-    _check_keys(fleet_t, FLEET_KEYS, "fleet", p)
-
-    name = _str(fleet_t.get("name", "fleet"), "fleet.name", p) or "fleet"
-    user = _user(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson"
-    ssh_key = _path(fleet_t.get("ssh_key"), base_dir, "fleet.ssh_key", p, must_exist=True)
-    port = _port(fleet_t.get("port", 22), "fleet.port", p) or 22
-    l4t = _release(fleet_t.get("l4t", "R32.7.1"), "fleet.l4t", p)
-    runtime = _enum(Runtime, fleet_t.get("runtime", "docker"), "fleet.runtime", p)
-    known_hosts = _path(
-        fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p, must_exist=False
-    ) or default_known_hosts()
-    firmware = _firmware(fleet_t.get("firmware"), "fleet.firmware", p)
-    relay_auth = (_enum(RelayAuth, fleet_t.get("relay_auth"), "fleet.relay_auth", p)
-                  if "relay_auth" in fleet_t else None)
-
-    subnet: ipaddress.IPv4Network | None = None
-    subnet_text = _str(fleet_t.get("subnet"), "fleet.subnet", p)
-    if subnet_text is None:
-        if "subnet" not in fleet_t:
-            p.add("fleet.subnet", "missing (e.g. subnet = \"192.168.10.0/24\")")
-    else:
-        try:
-            subnet = ipaddress.IPv4Network(subnet_text, strict=True)
-        except ValueError as exc:
-            p.add("fleet.subnet", f"not an IPv4 network in CIDR form: {exc}")
-
-    gateway: ipaddress.IPv4Address | None = None
-    gateway_text = _str(fleet_t.get("gateway"), "fleet.gateway", p)
-    if gateway_text is not None:
-        try:
-            gateway = ipaddress.IPv4Address(gateway_text)
-        except ValueError:
-            p.add("fleet.gateway", f"not an IPv4 address: {gateway_text!r}")
-        else:
-            if subnet is not None and gateway not in subnet:
-                p.add("fleet.gateway", f"{gateway} is outside the subnet {subnet}")
-
-    dns_raw = fleet_t.get("dns", [])
-    dns: list[str] = []
-    if isinstance(dns_raw, str):
-        dns_raw = [dns_raw]
-    if not isinstance(dns_raw, list):
-        p.add("fleet.dns", "must be a list of IPv4 addresses")
-        dns_raw = []
-    for i, entry in enumerate(dns_raw):
-        try:
-            dns.append(str(ipaddress.IPv4Address(str(entry))))
-        except ValueError:
-            p.add(f"fleet.dns[{i}]", f"not an IPv4 address: {entry!r}")
-
+    d = _fleet_defaults(fleet_t, base_dir, p)
     nodes_raw = data.get("nodes", [])
     if not isinstance(nodes_raw, list) or not nodes_raw:
         p.add("nodes", "no [[nodes]] entries")
         nodes_raw = []
-
-    nodes: list[Node] = []
-    names: dict[str, str] = {}
-    addresses: dict[str, str] = {}
-    groups: dict[str, list[str]] = {}
-    for i, raw in enumerate(nodes_raw):
-        if not isinstance(raw, Mapping):
-            p.add(f"nodes[{i}]", "must be a table")
-            continue
-        node_name = raw.get("name")
-        where = f"node {node_name!r}" if isinstance(node_name, str) else f"nodes[{i}]"
-        _check_keys(raw, NODE_KEYS, where, p)
-        n_name = _str(node_name, f"{where}.name", p)
-        if n_name is None and "name" not in raw:
-            p.add(f"{where}.name", "missing")
-        if n_name is not None:
-            if not _LABEL_RE.match(n_name):
-                p.add(
-                    f"{where}.name",
-                    "not a valid hostname (RFC 1123: letters, digits and '-', 1-63 chars, "
-                    "not starting or ending with '-')",
-                )
-            elif n_name.lower() in names:
-                p.add(f"{where}.name", f"duplicate hostname (also nodes[{names[n_name.lower()]}])")
-            elif n_name in IMPLICIT_GROUPS:
-                p.add(f"{where}.name", f"{n_name!r} is a reserved group name")
-            names[n_name.lower()] = str(i)
-
-        address_text = _str(raw.get("address"), f"{where}.address", p)
-        address: str | None = None
-        if address_text is None and "address" not in raw:
-            p.add(f"{where}.address", "missing")
-        elif address_text is not None:
-            try:
-                addr = ipaddress.IPv4Address(address_text)
-            except ValueError:
-                p.add(f"{where}.address", f"not an IPv4 address: {address_text!r}")
-            else:
-                address = str(addr)
-                if subnet is not None and addr not in subnet:
-                    p.add(f"{where}.address", f"{addr} is outside the subnet {subnet}")
-                elif subnet is not None and addr in (subnet.network_address,
-                                                     subnet.broadcast_address):
-                    p.add(f"{where}.address",
-                          f"{addr} is the subnet's network or broadcast address")
-                if gateway is not None and addr == gateway:
-                    p.add(f"{where}.address", f"{addr} is the gateway's address")
-                if address in addresses:
-                    p.add(f"{where}.address", f"{addr} is also used by {addresses[address]}")
-                addresses[address] = where
-
-        role = _enum(Role, raw.get("role", "worker"), f"{where}.role", p)
-        module_name = _str(raw.get("module"), f"{where}.module", p)
-        module: Module | None = None
-        if module_name is None and "module" not in raw:
-            p.add(f"{where}.module", f"missing (one of: {', '.join(MODULES)})")
-        elif module_name is not None:
-            module = MODULES.get(module_name)
-            if module is None:
-                p.add(f"{where}.module", f"unknown module {module_name!r} "
-                      f"(one of: {', '.join(MODULES)})")
-
-        node_groups: list[str] = []
-        raw_groups = raw.get("groups", [])
-        if not isinstance(raw_groups, list):
-            p.add(f"{where}.groups", "must be a list of group names")
-            raw_groups = []
-        for g in raw_groups:
-            if not isinstance(g, str) or not _GROUP_RE.match(g):
-                p.add(f"{where}.groups", f"invalid group name {g!r}")
-            elif g in IMPLICIT_GROUPS:
-                p.add(f"{where}.groups", f"{g!r} is implicit; no need to list it")
-            else:
-                node_groups.append(g)
-                if n_name is not None:
-                    groups.setdefault(g, []).append(n_name)
-
-        n_user = _user(raw.get("user"), f"{where}.user", p) or user
-        n_key = (
-            _path(raw.get("ssh_key"), base_dir, f"{where}.ssh_key", p, must_exist=True)
-            if "ssh_key" in raw else ssh_key
-        )
-        n_port = _port(raw.get("port"), f"{where}.port", p) or port
-        n_l4t = _release(raw.get("l4t"), f"{where}.l4t", p) if "l4t" in raw else l4t
-        n_runtime = (
-            _enum(Runtime, raw.get("runtime"), f"{where}.runtime", p)
-            if "runtime" in raw else runtime
-        )
-        n_firmware = (_firmware(raw.get("firmware"), f"{where}.firmware", p)
-                      if "firmware" in raw else firmware)
-        if None in (n_name, address, role, module, n_l4t, n_runtime):
-            continue
-        assert n_name is not None and address is not None and module is not None
-        assert n_l4t is not None
-        nodes.append(
-            Node(
-                name=n_name,
-                address=address,
-                role=role,
-                module=module,
-                user=n_user,
-                ssh_key=n_key,
-                port=n_port,
-                l4t=n_l4t,
-                runtime=n_runtime,
-                groups=tuple(node_groups),
-                firmware=n_firmware,
-            )
-        )
-
-    sdcard = _parse_sdcard(data.get("sdcard", {}), base_dir, user, ssh_key, runtime, p)
-
-    lower_names = {n.lower() for n in names}
-    for g in groups:
+    seen = _Seen()
+    nodes = [n for i, raw in enumerate(nodes_raw)
+             if (n := _node(raw, i, d, seen, base_dir, p)) is not None]
+    sdcard = _parse_sdcard(data.get("sdcard", {}), base_dir, d.user, d.ssh_key, d.runtime, p)
+    lower_names = set(seen.names)
+    for g in seen.groups:
         if g.lower() in lower_names:
             p.add(f"group {g!r}", "has the same name as a node")
-
     if p.items:
         where = str(path) if path else "inventory"
         count = len(p.items)
@@ -533,19 +376,208 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
             f"{where}: {count} problem{'s' if count > 1 else ''}:\n  " + "\n  ".join(p.items),
             hint="fix the fields above; `fleetimg init` shows a commented example",
         )
-    assert subnet is not None
-    return Fleet(
-        name=name,
-        path=path,
+    assert d.subnet is not None
+    return Fleet(name=d.name, path=path, subnet=d.subnet, gateway=d.gateway, dns=d.dns,
+                 known_hosts=d.known_hosts, nodes=tuple(nodes),
+                 groups={g: tuple(members) for g, members in seen.groups.items()},
+                 sdcard=sdcard, relay_auth=d.relay_auth)
+
+
+@dataclass(frozen=True)
+class _FleetDefaults:
+    """[fleet]: the fleet's own settings and the defaults every node inherits."""
+
+    name: str
+    user: str
+    ssh_key: Path | None
+    port: int
+    l4t: L4TRelease | None
+    runtime: Runtime | None
+    known_hosts: Path
+    firmware: L4TRelease | None
+    relay_auth: RelayAuth | None
+    subnet: ipaddress.IPv4Network | None
+    gateway: ipaddress.IPv4Address | None
+    dns: tuple[str, ...]
+
+
+@dataclass
+class _Seen:
+    """What earlier [[nodes]] used: names and addresses must be unique."""
+
+    names: dict[str, str] = field(default_factory=dict)  # lower-case name -> index
+    addresses: dict[str, str] = field(default_factory=dict)  # address -> where
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _fleet_defaults(fleet_t: Mapping[str, Any], base_dir: Path, p: _Problems) -> _FleetDefaults:
+    _check_keys(fleet_t, FLEET_KEYS, "fleet", p)
+    subnet = _subnet(fleet_t, p)
+    return _FleetDefaults(
+        name=_str(fleet_t.get("name", "fleet"), "fleet.name", p) or "fleet",
+        user=_user(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson",
+        ssh_key=_path(fleet_t.get("ssh_key"), base_dir, "fleet.ssh_key", p, must_exist=True),
+        port=_port(fleet_t.get("port", 22), "fleet.port", p) or 22,
+        l4t=_release(fleet_t.get("l4t", "R32.7.1"), "fleet.l4t", p),
+        runtime=_enum(Runtime, fleet_t.get("runtime", "docker"), "fleet.runtime", p),
+        known_hosts=_path(fleet_t.get("known_hosts"), base_dir, "fleet.known_hosts", p,
+                          must_exist=False) or default_known_hosts(),
+        firmware=_firmware(fleet_t.get("firmware"), "fleet.firmware", p),
+        relay_auth=(_enum(RelayAuth, fleet_t.get("relay_auth"), "fleet.relay_auth", p)
+                    if "relay_auth" in fleet_t else None),
         subnet=subnet,
-        gateway=gateway,
-        dns=tuple(dns),
-        known_hosts=known_hosts,
-        nodes=tuple(nodes),
-        groups={g: tuple(members) for g, members in groups.items()},
-        sdcard=sdcard,
-        relay_auth=relay_auth,
+        gateway=_gateway(fleet_t, subnet, p),
+        dns=_dns(fleet_t, p),
     )
+
+
+def _subnet(fleet_t: Mapping[str, Any], p: _Problems) -> ipaddress.IPv4Network | None:
+    text = _str(fleet_t.get("subnet"), "fleet.subnet", p)
+    if text is None:
+        if "subnet" not in fleet_t:
+            p.add("fleet.subnet", "missing (e.g. subnet = \"192.168.10.0/24\")")
+        return None
+    try:
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        p.add("fleet.subnet", f"not an IPv4 network in CIDR form: {exc}")
+        return None
+
+
+def _gateway(fleet_t: Mapping[str, Any], subnet: ipaddress.IPv4Network | None,
+             p: _Problems) -> ipaddress.IPv4Address | None:
+    text = _str(fleet_t.get("gateway"), "fleet.gateway", p)
+    if text is None:
+        return None
+    try:
+        gateway = ipaddress.IPv4Address(text)
+    except ValueError:
+        p.add("fleet.gateway", f"not an IPv4 address: {text!r}")
+        return None
+    if subnet is not None and gateway not in subnet:
+        p.add("fleet.gateway", f"{gateway} is outside the subnet {subnet}")
+    return gateway
+
+
+def _dns(fleet_t: Mapping[str, Any], p: _Problems) -> tuple[str, ...]:
+    raw = fleet_t.get("dns", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        p.add("fleet.dns", "must be a list of IPv4 addresses")
+        return ()
+    dns: list[str] = []
+    for i, entry in enumerate(raw):
+        try:
+            dns.append(str(ipaddress.IPv4Address(str(entry))))
+        except ValueError:
+            p.add(f"fleet.dns[{i}]", f"not an IPv4 address: {entry!r}")
+    return tuple(dns)
+
+
+def _node(raw: Any, i: int, d: _FleetDefaults, seen: _Seen, base_dir: Path,
+          p: _Problems) -> Node | None:
+    """One [[nodes]] entry, with [fleet]'s defaults for what it leaves out."""
+    if not isinstance(raw, Mapping):
+        p.add(f"nodes[{i}]", "must be a table")
+        return None
+    where = f"node {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"nodes[{i}]"
+    _check_keys(raw, NODE_KEYS, where, p)
+    name = _node_name(raw, i, where, seen, p)
+    address = _node_address(raw, where, d, seen, p)
+    role = _enum(Role, raw.get("role", "worker"), f"{where}.role", p)
+    module = _node_module(raw, where, p)
+    node_groups = _node_groups(raw, where, name, seen, p)
+    user = _user(raw.get("user"), f"{where}.user", p) or d.user
+    key = (_path(raw.get("ssh_key"), base_dir, f"{where}.ssh_key", p, must_exist=True)
+           if "ssh_key" in raw else d.ssh_key)
+    port = _port(raw.get("port"), f"{where}.port", p) or d.port
+    l4t = _release(raw.get("l4t"), f"{where}.l4t", p) if "l4t" in raw else d.l4t
+    runtime = (_enum(Runtime, raw.get("runtime"), f"{where}.runtime", p)
+               if "runtime" in raw else d.runtime)
+    firmware = (_firmware(raw.get("firmware"), f"{where}.firmware", p)
+                if "firmware" in raw else d.firmware)
+    if name is None or address is None or role is None or module is None or l4t is None \
+            or runtime is None:
+        return None
+    return Node(name=name, address=address, role=role, module=module, user=user,
+                ssh_key=key, port=port, l4t=l4t, runtime=runtime, groups=tuple(node_groups),
+                firmware=firmware)
+
+
+def _node_name(raw: Mapping[str, Any], i: int, where: str, seen: _Seen,
+               p: _Problems) -> str | None:
+    name = _str(raw.get("name"), f"{where}.name", p)
+    if name is None:
+        if "name" not in raw:
+            p.add(f"{where}.name", "missing")
+        return None
+    if not _LABEL_RE.match(name):
+        p.add(f"{where}.name", "not a valid hostname (RFC 1123: letters, digits and '-', "
+              "1-63 chars, not starting or ending with '-')")
+    elif name.lower() in seen.names:
+        p.add(f"{where}.name", f"duplicate hostname (also nodes[{seen.names[name.lower()]}])")
+    elif name in IMPLICIT_GROUPS:
+        p.add(f"{where}.name", f"{name!r} is a reserved group name")
+    seen.names[name.lower()] = str(i)
+    return name
+
+
+def _node_address(raw: Mapping[str, Any], where: str, d: _FleetDefaults, seen: _Seen,
+                  p: _Problems) -> str | None:
+    text = _str(raw.get("address"), f"{where}.address", p)
+    if text is None:
+        if "address" not in raw:
+            p.add(f"{where}.address", "missing")
+        return None
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except ValueError:
+        p.add(f"{where}.address", f"not an IPv4 address: {text!r}")
+        return None
+    subnet = d.subnet
+    if subnet is not None and addr not in subnet:
+        p.add(f"{where}.address", f"{addr} is outside the subnet {subnet}")
+    elif subnet is not None and addr in (subnet.network_address, subnet.broadcast_address):
+        p.add(f"{where}.address", f"{addr} is the subnet's network or broadcast address")
+    if d.gateway is not None and addr == d.gateway:
+        p.add(f"{where}.address", f"{addr} is the gateway's address")
+    address = str(addr)
+    if address in seen.addresses:
+        p.add(f"{where}.address", f"{addr} is also used by {seen.addresses[address]}")
+    seen.addresses[address] = where
+    return address
+
+
+def _node_module(raw: Mapping[str, Any], where: str, p: _Problems) -> Module | None:
+    name = _str(raw.get("module"), f"{where}.module", p)
+    if name is None:
+        if "module" not in raw:
+            p.add(f"{where}.module", f"missing (one of: {', '.join(MODULES)})")
+        return None
+    module = MODULES.get(name)
+    if module is None:
+        p.add(f"{where}.module", f"unknown module {name!r} (one of: {', '.join(MODULES)})")
+    return module
+
+
+def _node_groups(raw: Mapping[str, Any], where: str, name: str | None, seen: _Seen,
+                 p: _Problems) -> list[str]:
+    raw_groups = raw.get("groups", [])
+    if not isinstance(raw_groups, list):
+        p.add(f"{where}.groups", "must be a list of group names")
+        return []
+    out: list[str] = []
+    for g in raw_groups:
+        if not isinstance(g, str) or not _GROUP_RE.match(g):
+            p.add(f"{where}.groups", f"invalid group name {g!r}")
+        elif g in IMPLICIT_GROUPS:
+            p.add(f"{where}.groups", f"{g!r} is implicit; no need to list it")
+        else:
+            out.append(g)
+            if name is not None:
+                seen.groups.setdefault(g, []).append(name)
+    return out
 
 
 def _bool(table: Mapping[str, Any], key: str, default: bool, p: _Problems) -> bool:
