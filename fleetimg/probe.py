@@ -154,3 +154,10 @@ def probe_nodes(
     on_done: Callable[[NodeOutcome[NodeProbe]], None] | None = None,
 ) -> list[NodeOutcome[NodeProbe]]:
     return for_each_node(nodes, lambda n: probe_node(ssh, n), parallel=parallel, on_done=on_done)
+
+
+def probed_releases(ssh: Ssh, nodes: Sequence[Node]) -> dict[str, L4TRelease]:
+    """The L4T each reachable node reports (nodes that cannot be probed are left out: the
+    inventory's release stands for them)."""
+    return {o.node.name: o.value.l4t for o in probe_nodes(ssh, nodes)
+            if o.value is not None and o.value.l4t is not None}

@@ -155,3 +155,17 @@ def single_group(groups: list[ReleaseGroup]) -> ReleaseGroup:
         for g in groups)
     raise UsageError(f"the selected nodes need different base images: {listing}",
                      hint="build one image per family with --all-releases, or narrow --to")
+
+
+def plan_builds(
+    target: Target, nodes: Sequence[Node], *, l4t: str | None, directory: Path,
+    probed: dict[str, L4TRelease] | None = None, all_releases: bool = False,
+    tags: Sequence[str] = (), base: str | None = None, standin: bool = False,
+) -> list[BuildPlan]:
+    """The builds TARGET needs for these nodes: one, or one per L4T family with
+    `all_releases` (extra tags only when there is one build)."""
+    groups = group_releases(board_releases(nodes, l4t, probed))
+    if not all_releases:
+        groups = [single_group(groups)]
+    return [plan_build(target, g, directory=directory, tags=tags if len(groups) == 1 else (),
+                       base=base, standin=standin) for g in groups]

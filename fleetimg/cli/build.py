@@ -7,21 +7,13 @@ from pathlib import Path
 import click
 
 from fleetimg.build.builder import BuildOptions, run_build, smoke_test
-from fleetimg.build.plan import (
-    BuildPlan,
-    base_image,
-    board_releases,
-    group_releases,
-    plan_build,
-    single_group,
-)
+from fleetimg.build.plan import BuildPlan, base_image, plan_builds
 from fleetimg.build.releases import load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import emit_json, table
 from fleetimg.inventory import Node
-from fleetimg.l4t import L4TRelease
-from fleetimg.probe import probe_nodes
+from fleetimg.probe import probed_releases
 
 
 @click.command()
@@ -104,17 +96,9 @@ def build(app: AppContext, target: str, l4t: str | None, selection: str | None, 
     nodes: tuple[Node, ...] = ()
     if selection is not None or (l4t is None and app.inventory_path.exists()):
         nodes = app.fleet().select(selection or "all-nodes")
-    probed: dict[str, L4TRelease] = {}
-    if probe and nodes:
-        for outcome in probe_nodes(app.ssh(), nodes):
-            if outcome.value is not None and outcome.value.l4t is not None:
-                probed[outcome.node.name] = outcome.value.l4t
-    groups = group_releases(board_releases(nodes, l4t, probed))
-    if not all_releases:
-        groups = [single_group(groups)]
-    directory = Path(str(t.directory))
-    plans = [plan_build(t, g, directory=directory, tags=tags if len(groups) == 1 else (),
-                        base=base, standin=standin) for g in groups]
+    probed = probed_releases(app.ssh(), nodes) if probe and nodes else {}
+    plans = plan_builds(t, nodes, l4t=l4t, directory=Path(str(t.directory)), probed=probed,
+                        all_releases=all_releases, tags=tags, base=base, standin=standin)
     if dry_run:
         if as_json:
             emit_json([p.to_dict() for p in plans])

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
-from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import emit_json, human_bytes, ok_word, render_outcomes, table
 from fleetimg.parallel import NodeOutcome
 from fleetimg.probe import NodeProbe, probe_nodes
 
@@ -52,24 +50,18 @@ def probe(app: AppContext, selection: str, parallel: int, as_json: bool) -> None
     fleet = app.fleet()
     chosen = fleet.select(selection)
     results = probe_nodes(app.ssh(), chosen, parallel=parallel)
-    failed = [r for r in results if not r.ok]
-    if as_json:
-        emit_json([_probe_json(r) for r in results])
-    else:
-        click.echo(table(
-            ["NODE", "STATUS", "ARCH", "L4T", "JETPACK", "BOARD", "DOCKER", "RUNTIME", "K3S",
-             "FREE", "HOSTNAME"],
-            [_probe_row(r) for r in results],
-        ))
+
+    def warnings() -> None:
         for r in results:
-            if r.error is not None:
-                echo_failure(r.node.name, r.error)
-            elif r.value is not None:
-                for warning in r.value.warnings:
-                    click.echo(f"{click.style('warn', fg='yellow')} {r.node.name}: {warning}")
-        click.echo(f"\n{len(results) - len(failed)}/{len(results)} node(s) reachable")
-    if failed:
-        sys.exit(1)
+            for warning in r.value.warnings if r.value else ():
+                click.echo(f"{click.style('warn', fg='yellow')} {r.node.name}: {warning}")
+
+    reachable = sum(r.ok for r in results)
+    render_outcomes(
+        results, as_json=as_json, row=_probe_row, to_json=_probe_json,
+        headers=["NODE", "STATUS", "ARCH", "L4T", "JETPACK", "BOARD", "DOCKER", "RUNTIME",
+                 "K3S", "FREE", "HOSTNAME"],
+        after_table=warnings, summary=f"{reachable}/{len(results)} node(s) reachable")
 
 
 def _probe_json(r: NodeOutcome[NodeProbe]) -> dict[str, object]:

@@ -9,8 +9,16 @@ import click
 from tqdm import tqdm
 
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
-from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import (
+    echo_failure,
+    emit_json,
+    human_bytes,
+    ok_word,
+    render_outcomes,
+    table,
+)
 from fleetimg.inventory import RelayAuth
+from fleetimg.parallel import NodeOutcome
 from fleetimg.push.engine import (
     Delivery,
     FleetPlan,
@@ -95,12 +103,7 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
         report = execute_fleet_push(ssh, plan, options, bars.progress_for)
     finally:
         bars.close()
-    if as_json:
-        emit_json(_report_json(plan, report))
-    else:
-        _echo_report(plan, report)
-    if report.failed:
-        sys.exit(1)
+    _render_report(plan, report, as_json)
 
 
 class _Bars:
@@ -173,34 +176,41 @@ def _images_json(plan: FleetPlan) -> dict[str, object]:
                         "nodes": [p.node.name for p in ip.plans]} for ip in plan.images]}
 
 
-def _report_json(plan: FleetPlan, report: FleetReport) -> dict[str, object]:
+def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
     image_of = {p.node.name: ip.image.ref for ip in plan.images for p in ip.plans}
-    return {**_images_json(plan), "sent_bytes": report.sent_bytes,
-            "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
-            "notes": [n for ip in plan.images for n in ip.delivery.notes],
-            "nodes": [{"node": r.node.name, "ok": r.ok, "image": image_of.get(r.node.name),
-                       **(r.value.__dict__ if r.value else {}),
-                       "error": r.error.message if r.error else None}
-                      for r in report.results]}
-
-
-def _echo_report(plan: FleetPlan, report: FleetReport) -> None:
     results = report.results
-    click.echo(table(["NODE", "RESULT", "FROM", "SENT", "LAYERS", "TIME", "CODEC"], [
-        [r.node.name, ok_word(True, r.value.action), _from(r.value),
-         human_bytes(r.value.sent_bytes), r.value.layers_sent, f"{r.value.seconds:.1f} s",
-         r.value.codec or "-"]
-        if r.value else [r.node.name, ok_word(False, no="failed"), "-", "-", "-",
-                         f"{r.seconds:.1f} s", "-"]
-        for r in results]))
-    for r in results:
-        if r.value and r.value.note:
-            click.echo(f"* {r.node.name}: {r.value.note}")
-    for r in report.failed:
-        echo_failure(r.node.name, r.error)
+
+    def to_json(r: NodeOutcome[NodeResult]) -> dict[str, object]:
+        return {"node": r.node.name, "ok": r.ok, "image": image_of.get(r.node.name),
+                **(r.value.__dict__ if r.value else {}),
+                "error": r.error.message if r.error else None}
+
+    def document(nodes: list[dict[str, object]]) -> dict[str, object]:
+        return {**_images_json(plan), "sent_bytes": report.sent_bytes,
+                "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
+                "notes": [n for ip in plan.images for n in ip.delivery.notes], "nodes": nodes}
+
+    def notes() -> None:
+        for r in results:
+            if r.value and r.value.note:
+                click.echo(f"* {r.node.name}: {r.value.note}")
+
     refs = " / ".join(ip.image.ref for ip in plan.images) or "the image"
-    click.echo(f"\n{len(results) - len(report.failed)}/{len(results)} "
-               f"node(s) have {refs}; {human_bytes(report.sent_bytes)} sent from here")
+    render_outcomes(
+        results, as_json=as_json, to_json=to_json, json_document=document, row=_result_row,
+        headers=["NODE", "RESULT", "FROM", "SENT", "LAYERS", "TIME", "CODEC"],
+        after_table=notes,
+        summary=f"{len(results) - len(report.failed)}/{len(results)} node(s) have {refs}; "
+                f"{human_bytes(report.sent_bytes)} sent from here")
+
+
+def _result_row(r: NodeOutcome[NodeResult]) -> list[object]:
+    v = r.value
+    if v is None:
+        return [r.node.name, ok_word(False, no="failed"), "-", "-", "-", f"{r.seconds:.1f} s",
+                "-"]
+    return [r.node.name, ok_word(True, v.action), _from(v), human_bytes(v.sent_bytes),
+            v.layers_sent, f"{v.seconds:.1f} s", v.codec or "-"]
 
 
 def _source(delivery: Delivery, name: str) -> str | None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
 from fleetimg.errors import FleetimgError
+from fleetimg.parallel import NodeOutcome
 from fleetimg.units import human_bytes
 
-__all__ = ["echo_failure", "emit_json", "human_bytes", "node_message", "ok_word", "table"]
+__all__ = ["echo_failure", "emit_json", "human_bytes", "node_message", "ok_word",
+           "render_outcomes", "table"]
+
+T = TypeVar("T")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -52,3 +57,26 @@ def echo_failure(name: str, error: FleetimgError | None) -> None:
     click.echo(f"{ok_word(False)} {node_message(name, error.message)}")
     if error.hint:
         click.echo(f"     hint: {error.hint}")
+
+
+def render_outcomes(
+    results: Sequence[NodeOutcome[T]], *, as_json: bool, headers: Sequence[str],
+    row: Callable[[NodeOutcome[T]], Sequence[Any]],
+    to_json: Callable[[NodeOutcome[T]], dict[str, Any]],
+    json_document: Callable[[list[dict[str, Any]]], Any] = lambda rows: rows,
+    after_table: Callable[[], None] = lambda: None, summary: str | None = None,
+) -> None:
+    """Per-node outcomes as --json or as a table, then one failure line + hint per failed
+    node and a summary; exits 1 when any node failed. Every fleet command ends here."""
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        emit_json(json_document([to_json(r) for r in results]))
+    else:
+        click.echo(table(headers, [row(r) for r in results]))
+        after_table()
+        for r in failed:
+            echo_failure(r.node.name, r.error)
+        if summary:
+            click.echo(f"\n{summary}")
+    if failed:
+        sys.exit(1)

@@ -10,13 +10,16 @@ import click
 from tqdm import tqdm
 
 from fleetimg.cli.context import AppContext, pass_app
-from fleetimg.cli.render import echo_failure, emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import emit_json, human_bytes, ok_word, render_outcomes, table
 from fleetimg.errors import UsageError
+from fleetimg.parallel import NodeOutcome
 from fleetimg.sdcard import drives
 from fleetimg.sdcard.flash import (
     CardPlan,
     CardProgress,
+    CardResult,
     SdcardOptions,
+    SourceImage,
     plan_cards,
     prepare_source,
     write_cards,
@@ -135,58 +138,91 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
     if src is None:
         raise UsageError("no SD card image given",
                          hint="pass --image FILE or set [sdcard] image in fleet.toml")
-    bar = None
-    if not as_json and is_compressed(src) and sys.stderr.isatty():
-        bar = tqdm(desc="decompress", unit="B", unit_scale=True, leave=False)
-
-    def on_decompress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    try:
-        source = prepare_source(src, on_decompress)
-    finally:
-        if bar is not None:
-            bar.close()
+    source = _prepare(src, bar=not as_json and is_compressed(src) and sys.stderr.isatty())
     options = SdcardOptions(verify=not no_verify, allow_cloned=allow_cloned,
                             allow_non_removable=allow_non_removable, force=force)
     plans = plan_cards(fleet, pairs, source, options)
-    tegra = source.report.tegra
-    wplan = source.plan
     if not as_json:
-        click.echo(f"image {source.original}: L4T {tegra.release if tegra else '?'} "
-                   f"(JetPack {tegra.release.jetpack if tegra else '?'}), board "
-                   f"{tegra.board_description if tegra else '?'}; "
-                   f"{human_bytes(wplan.mapped_bytes)} of {human_bytes(wplan.image_bytes)} "
-                   "to write")
-        for marker in (*source.report.booted_markers, *source.report.configured_markers):
-            click.echo(f"  {click.style('note', fg='yellow')} {marker}")
-        for p in plans:
-            _show_plan(p)
+        _echo_plans(source, plans)
     if dry_run:
         if as_json:
-            emit_json({"image": str(source.original), "l4t": str(tegra.release) if tegra else None,
-                       "mapped_bytes": wplan.mapped_bytes, "image_bytes": wplan.image_bytes,
-                       "cards": [{"node": p.node.name, "target": str(p.target),
-                                  "warnings": list(p.warnings), "overlay": p.overlay.summary()}
-                                 for p in plans]})
+            emit_json(_plan_json(source, plans))
         else:
             click.echo("dry run: nothing written")
         return
     _confirm(plans, yes)
-    lock = threading.Lock()
-    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+    bars = _CardBars(source.plan.mapped_bytes,
+                     enabled=not as_json and sys.stderr.isatty())
+    try:
+        results = write_cards(plans, options, parallel=parallel,
+                              progress_for=bars.progress_for)
+    finally:
+        bars.close()
+    render_outcomes(
+        results, as_json=as_json,
+        headers=["NODE", "TARGET", "WRITTEN", "TIME", "VERIFIED", "RESULT"],
+        row=lambda r: _result_row(plans, r),
+        to_json=lambda r: {"node": r.node.name, "ok": r.ok,
+                           **(r.value.__dict__ if r.value else {}),
+                           "error": r.error.message if r.error else None})
 
-    def progress_for(plan: CardPlan) -> CardProgress:
-        if as_json or not sys.stderr.isatty():
-            # No bar frames in a log: the result table says what was written.
+
+def _prepare(src: Path, *, bar: bool) -> SourceImage:
+    """The image, decompressed once if it is .zip/.xz/.gz (a bar on a terminal)."""
+    progress = tqdm(desc="decompress", unit="B", unit_scale=True, leave=False) if bar else None
+
+    def on_decompress(done: int, total: int) -> None:
+        if progress is not None:
+            progress.total = total
+            progress.n = done
+            progress.refresh()
+
+    try:
+        return prepare_source(src, on_decompress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _echo_plans(source: SourceImage, plans: list[CardPlan]) -> None:
+    tegra = source.report.tegra
+    click.echo(f"image {source.original}: L4T {tegra.release if tegra else '?'} "
+               f"(JetPack {tegra.release.jetpack if tegra else '?'}), board "
+               f"{tegra.board_description if tegra else '?'}; "
+               f"{human_bytes(source.plan.mapped_bytes)} of "
+               f"{human_bytes(source.plan.image_bytes)} to write")
+    for marker in (*source.report.booted_markers, *source.report.configured_markers):
+        click.echo(f"  {click.style('note', fg='yellow')} {marker}")
+    for p in plans:
+        _show_plan(p)
+
+
+def _plan_json(source: SourceImage, plans: list[CardPlan]) -> dict[str, object]:
+    tegra = source.report.tegra
+    return {"image": str(source.original), "l4t": str(tegra.release) if tegra else None,
+            "mapped_bytes": source.plan.mapped_bytes, "image_bytes": source.plan.image_bytes,
+            "cards": [{"node": p.node.name, "target": str(p.target),
+                       "warnings": list(p.warnings), "overlay": p.overlay.summary()}
+                      for p in plans]}
+
+
+class _CardBars:
+    """One bar per card on a terminal, relabelled per phase (write, verify); nothing in a
+    log, where the result table says what was written."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.lock = threading.Lock()
+        self.bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def progress_for(self, plan: CardPlan) -> CardProgress:
+        if not self.enabled:
             return lambda phase, n, total: None
-        with lock:
-            b = tqdm(desc=f"{plan.node.name} write", total=wplan.mapped_bytes,
-                                 unit="B", unit_scale=True, position=len(bars), leave=True)
-            bars[plan.node.name] = b
+        with self.lock:
+            b = tqdm(desc=f"{plan.node.name} write", total=self.total, unit="B",
+                     unit_scale=True, position=len(self.bars), leave=True)
+            self.bars[plan.node.name] = b
         state = {"phase": "write"}
 
         def on(phase: str, n: int, total: int) -> None:
@@ -197,28 +233,16 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
             b.update(n)
         return on
 
-    results = write_cards(plans, options, parallel=parallel, progress_for=progress_for)
-    for b in bars.values():
-        b.close()
-    failed = [r for r in results if not r.ok]
-    if as_json:
-        emit_json([{"node": r.node.name, "ok": r.ok,
-                    **(r.value.__dict__ if r.value else {}),
-                    "error": r.error.message if r.error else None} for r in results])
-    else:
-        rows = []
-        for r in results:
-            v = r.value
-            rows.append([r.node.name, by_target(plans, r.node.name),
-                         human_bytes(v.written_bytes) if v else "-",
-                         f"{v.seconds:.1f} s" if v else "-",
-                         ("yes" if v.verified else "skipped") if v else "-",
-                         ok_word(r.ok, "ok", "FAILED")])
-        click.echo(table(["NODE", "TARGET", "WRITTEN", "TIME", "VERIFIED", "RESULT"], rows))
-        for r in failed:
-            echo_failure(r.node.name, r.error)
-    if failed:
-        sys.exit(1)
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+def _result_row(plans: list[CardPlan], r: NodeOutcome[CardResult]) -> list[object]:
+    v = r.value
+    return [r.node.name, by_target(plans, r.node.name),
+            human_bytes(v.written_bytes) if v else "-", f"{v.seconds:.1f} s" if v else "-",
+            ("yes" if v.verified else "skipped") if v else "-", ok_word(r.ok, "ok", "FAILED")]
 
 
 def by_target(plans: list[CardPlan], node: str) -> str:
