@@ -647,6 +647,32 @@ def _parse_sdcard(
     )
 
 
+_STARTER_SDCARD = """\
+# What `fleetimg sdcard` writes on every card (hostname, /etc/hosts and the static
+# address come from [[nodes]]). All optional.
+[sdcard]
+# JetPack SD card image used when --image is not given (.img, .zip, .xz, .gz).
+# image = "jetson-nano-jp461-sd-card-image.zip"
+# Login user created instead of the oem-config wizard; key-only unless a hash is set
+# (openssl passwd -6). Keys default to ssh_key + .pub.
+# user = "jetson"
+# password_hash = "$6$..."
+# authorized_keys = ["~/.ssh/id_ed25519.pub"]
+# Boot to a console (multi-user.target); the highest power mode by name (MAXN_SUPER or
+# MAXN), or power_mode = "25W" for another mode of the board's nvpmodel.conf.
+# headless = true
+# max_power = true
+# swap: off (K3s wants none), zram (NVIDIA default) or a swap file size like 4G (MPI).
+# swap = "zram"
+# docker_nvidia_default = true
+# K3s agents join the master: token file is a secret, written 0600.
+# k3s_server = "https://192.168.10.11:6443"
+# k3s_token_file = "k3s-token"
+# A fleet-internal key pair for node-to-node SSH (MPI/Horovod, push relays).
+# internal_ssh_key = false
+"""
+
+
 def starter_toml(
     *, nodes: int, subnet: str, name: str = "jetson-fleet", l4t: str = "R32.7.1",
     module: str = "nano-4gb", runtime: str = "docker",
@@ -674,55 +700,33 @@ def starter_toml(
         "# Select nodes with --to all-nodes | masters | workers | GROUP | node1,node3.",
         "",
         "[fleet]",
-        f'name = {tomllib.string(name)}',
+        tomllib.assign("name", name),
         '# SSH login on every board (override per node with user = "...").',
-        'user = "jetson"',
+        tomllib.assign("user", "jetson"),
         "# Private key for that login; leave out to use your ssh-agent / ~/.ssh/config.",
         '# ssh_key = "~/.ssh/id_ed25519"',
         "# Network the boards live on; static addresses are written to SD cards.",
-        f'subnet = {tomllib.string(network)}',
-        f'gateway = {tomllib.string(gateway)}',
-        f'dns = ["{gateway}"]',
+        tomllib.assign("subnet", network),
+        tomllib.assign("gateway", gateway),
+        tomllib.assign("dns", [str(gateway)]),
         "# L4T release the boards run (head -n1 /etc/nv_tegra_release); JetPack 4.6.1 = R32.7.1.",
-        f'l4t = {tomllib.string(l4t)}',
+        tomllib.assign("l4t", l4t),
         "# Container runtime on the boards: docker or k3s.",
-        f'runtime = {tomllib.string(runtime)}',
+        tomllib.assign("runtime", runtime),
         "# How boards log in to each other when `push` relays an image board to board:",
         '# "internal-key" (needs [sdcard] internal_ssh_key = true on the cards) or "agent"',
         "# (your ssh-agent, forwarded). Unset: every board is sent to from this machine.",
         '# relay_auth = "internal-key"',
         "",
-        "# What `fleetimg sdcard` writes on every card (hostname, /etc/hosts and the static",
-        "# address come from [[nodes]]). All optional.",
-        "[sdcard]",
-        "# JetPack SD card image used when --image is not given (.img, .zip, .xz, .gz).",
-        '# image = "jetson-nano-jp461-sd-card-image.zip"',
-        "# Login user created instead of the oem-config wizard; key-only unless a hash is set",
-        "# (openssl passwd -6). Keys default to ssh_key + .pub.",
-        '# user = "jetson"',
-        '# password_hash = "$6$..."',
-        '# authorized_keys = ["~/.ssh/id_ed25519.pub"]',
-        "# Boot to a console (multi-user.target), max power mode (nvpmodel -m 0).",
-        "# headless = true",
-        "# max_power = true",
-        "# swap: off (K3s wants none), zram (NVIDIA default) or a swap file size like 4G (MPI).",
-        '# swap = "zram"',
-        "# docker_nvidia_default = true",
-        "# K3s agents join the master: token file is a secret, written 0600.",
-        '# k3s_server = "https://192.168.10.11:6443"',
-        '# k3s_token_file = "k3s-token"',
-        "# A fleet-internal key pair for node-to-node SSH (MPI/Horovod, push relays).",
-        "# internal_ssh_key = false",
-        "",
+        _STARTER_SDCARD,
     ]
     for i in range(nodes):
-        role = "master" if i == 0 else "worker"
         lines += [
             "[[nodes]]",
-            f'name = "node{i + 1}"',
-            f'address = {tomllib.string(hosts[10 + i])}',
-            f'role = {tomllib.string(role)}',
-            f'module = {tomllib.string(module)}  # {", ".join(MODULES)}',
+            tomllib.assign("name", f"node{i + 1}"),
+            tomllib.assign("address", hosts[10 + i]),
+            tomllib.assign("role", "master" if i == 0 else "worker"),
+            tomllib.assign("module", module, ", ".join(MODULES)),
         ]
         if i == 0:
             lines.append('# groups = ["nfs-server"]  # extra groups for --to')
