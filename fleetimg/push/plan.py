@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -14,6 +13,7 @@ from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.probe import NodeProbe, probe_node
 from fleetimg.push.archive import chain_ids
 from fleetimg.push.localimage import LocalImage
+from fleetimg.remote import sh
 from fleetimg.ssh import Ssh
 from fleetimg.units import human_bytes
 
@@ -156,7 +156,7 @@ def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
     if probe.docker_version is None:
         return NodePlan(node, Action.REFUSE, probe.docker_error or "no Docker engine", probe)
     docker = "sudo -n docker" if probe.docker_sudo else "docker"
-    out = ssh.run(node, REMOTE_IMAGES.format(d=docker, ref=shlex.quote(image.ref)),
+    out = ssh.run(node, REMOTE_IMAGES.format(d=docker, ref=sh(image.ref)),
                   timeout=120).stdout
     ref_id, ids, chains = parse_remote_images(out)
     if ref_id == image.id:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import signal
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.paths import state_dir
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import NodePlan
+from fleetimg.remote import ID_FORMAT, docker, sh
 from fleetimg.ssh import Ssh
 
 PORT = 5000  # the fleet side
@@ -292,10 +292,9 @@ def configure_node(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
     done = _configure_docker(ssh, node, info)
     if login is not None:
         # The password travels on stdin, never in a command line or a log.
-        user = shlex.quote(login[0])
+        args = sh("login", "--username", login[0], "--password-stdin", info.endpoint)
         ssh.run(node, f"if docker version >/dev/null 2>&1; then d=docker; else d='sudo -n "
-                f"docker'; fi; $d login --username {user} --password-stdin "
-                f"{shlex.quote(info.endpoint)} >/dev/null", input=login[1] + "\n", timeout=60)
+                f"docker'; fi; $d {args} >/dev/null", input=login[1] + "\n", timeout=60)
         done += "; logged in"
     return done
 
@@ -354,14 +353,14 @@ def pull_on_node(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_ref: str) -
         raise PushError(f"{node.name}: --via registry for k3s nodes is not available yet",
                         hint="use --via ssh for k3s nodes")
     d = plan.docker  # pre-flight already found whether Docker needs sudo there
-    ref = shlex.quote(image.ref)
-    rref = shlex.quote(remote_ref)
-    ssh.run(node, f"{d} pull -q {rref} >/dev/null", timeout=3600)
-    got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {rref}", timeout=60).stdout
+    ssh.run(node, f"{docker(d, 'pull', '-q', remote_ref)} >/dev/null", timeout=3600)
+    got = ssh.run(node, docker(d, "image", "inspect", "--format", ID_FORMAT, remote_ref),
+                  timeout=60).stdout
     if got.strip() != image.id:
-        ssh.run(node, f"{d} rmi {rref}", check=False)
+        ssh.run(node, docker(d, "rmi", remote_ref), check=False)
         raise PushError(f"{node.name}: pulled image ID {got.strip()} differs from {image.id}")
-    ssh.run(node, f"{d} tag {rref} {ref} && {d} rmi {rref} >/dev/null", timeout=60)
+    ssh.run(node, f"{docker(d, 'tag', remote_ref, image.ref)} && "
+            f"{docker(d, 'rmi', remote_ref)} >/dev/null", timeout=60)
     return "pulled"
 
 

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shlex
 import subprocess
 import tempfile
 import threading
@@ -20,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from fleetimg import remote, stop
 from fleetimg import run as runmod
-from fleetimg import stop
 from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
 from fleetimg.push.archive import filter_save_stream, skipped_members
@@ -154,7 +153,7 @@ def load_command(plan: NodePlan) -> str:
     assert plan.codec is not None
     if plan.node.runtime is Runtime.K3S:
         return f"{plan.codec.decompress} | {K3S_IMPORT}"
-    return f"{plan.codec.decompress} | {plan.docker} load -q"
+    return f"{plan.codec.decompress} | {remote.docker(plan.docker, 'load', '-q')}"
 
 
 def stream_tag(plan: NodePlan, image: LocalImage) -> str:
@@ -167,7 +166,8 @@ def drop_incoming(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
     """Remove the temporary name from a Docker node, even after a stop, within seconds; the
     node may be gone, and a leftover temporary name is harmless (never the real tag)."""
     with contextlib.suppress(FleetimgError), stop.cleanup():
-        ssh.run(plan.node, f"{plan.docker} rmi {incoming_tag(image)} >/dev/null 2>&1 || true",
+        rmi = remote.docker(plan.docker, "rmi", incoming_tag(image))
+        ssh.run(plan.node, f"{rmi} >/dev/null 2>&1 || true",
                 timeout=CLEANUP_TIMEOUT, check=False)
 
 
@@ -185,14 +185,15 @@ def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
     d = plan.docker
     temp = incoming_tag(image)
     try:
-        got = ssh.run(node, f"{d} image inspect --format '{{{{.Id}}}}' {temp}",
+        got = ssh.run(node, remote.docker(d, "image", "inspect", "--format",
+                                          remote.ID_FORMAT, temp),
                       timeout=60, check=False).stdout.strip()
         if got != image.id:
             raise PushError(f"{node.name}: loaded image ID {got or 'missing'} differs from "
                             f"{image.id}", hint="run again; if it persists, check the node's "
                             "disk and Docker log")
-        ssh.run(node, f"{d} tag {temp} {shlex.quote(image.ref)} && {d} rmi {temp} >/dev/null",
-                timeout=60)
+        ssh.run(node, f"{remote.docker(d, 'tag', temp, image.ref)} && "
+                f"{remote.docker(d, 'rmi', temp)} >/dev/null", timeout=60)
     except FleetimgError:
         drop_incoming(ssh, plan, image)
         raise
@@ -207,7 +208,7 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
     if plan.action is Action.SKIP:
         return NodeResult(node.name, "skipped", 0, 0, 0, time.monotonic() - start)
     if plan.action is Action.TAG:
-        ssh.run(node, f"{plan.docker} tag {image.id} {shlex.quote(image.ref)}", timeout=60)
+        ssh.run(node, remote.docker(plan.docker, "tag", image.id, image.ref), timeout=60)
         return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
     assert plan.codec is not None
     k3s = node.runtime is Runtime.K3S
