@@ -55,7 +55,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     log "installing fleetimg into .venv"
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+    # setuptools prints an "Editable installation" notice (InformationOnly, not a packaging
+    # problem) for every editable install whose packages map directories (overlays/ ->
+    # fleetimg.overlays); only a src/ layout avoids it. Filtered by its message, nothing else.
+    PYTHONWARNINGS="ignore:Editable installation" \
+        .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
     .venv/bin/python -c "import fleetimg, docker, click, testcontainers" 
     echo "$want" > "$stamp"
 fi
