@@ -128,14 +128,8 @@ def _first_failed_unit(console: str) -> str | None:
     return None
 
 
-def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_TIMEOUT,
-              on_step: Callable[[str], None] = lambda s: None) -> BootedCard:
-    """Boot `card` on the lab's network; return once it answers SSH at its address."""
-    runmod.require_tool("systemd-nspawn")
-    if not card.is_file():
-        raise LabError(f"{card}: no such card image",
-                       hint="write one: fleetimg sdcard --node NODE --image BOOTABLE.img CARD")
-    offset, size = _app_location(card)
+def _card_node(fleet: Fleet, card: Path, offset: int) -> tuple[Node, str]:
+    """The fleet node a card was written for, and the interface its keyfile names."""
     hostname, interface = _card_identity(Ext4(card, offset))
     try:
         node = fleet.node(hostname)
@@ -147,14 +141,40 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
         if other.name == node.name and runmod.pid_alive(other.pid):
             raise LabError(f"{node.name} is already booted from {other.card}",
                            hint=f"fleetimg lab boot --stop {node.name}")
-    tag = hashlib.sha256(node.name.encode()).hexdigest()[:6]
+    return node, interface
+
+
+def _plug_in(netns: str, host_end: str, inner: str, interface: str, bridge: str) -> None:
+    """A veth pair from the lab's bridge into the card's network namespace, named inside
+    as the card's keyfile expects (eth0, or enP8p1s0 on an Orin Nano)."""
+    runmod.run(["ip", "netns", "add", netns])
+    runmod.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner])
+    runmod.run(["ip", "link", "set", inner, "netns", netns])
+    runmod.run(["ip", "-n", netns, "link", "set", inner, "name", interface])
+    runmod.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    runmod.run(["ip", "link", "set", host_end, "master", bridge])
+    runmod.run(["ip", "link", "set", host_end, "up"])
+
+
+def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_TIMEOUT,
+              on_step: Callable[[str], None] = lambda s: None) -> BootedCard:
+    """Boot `card` on the lab's network; return once it answers SSH at its address."""
+    runmod.require_tool("systemd-nspawn")
+    if not card.is_file():
+        raise LabError(f"{card}: no such card image",
+                       hint="write one: fleetimg sdcard --node NODE --image BOOTABLE.img CARD")
+    offset, size = _app_location(card)
+    node, interface = _card_node(fleet, card, offset)
+    # Network namespaces and links are one set for the whole machine: named per lab and node,
+    # so two labs' node4 (a test run beside the demo's lab) never meet.
+    tag = hashlib.sha256(f"{lab_name}/{node.name}".encode()).hexdigest()[:6]
     state_path = _state_file(node.name)
     workdir = state_path.parent
     stop_card(node.name)  # leftovers of a crashed boot
     workdir.mkdir(parents=True, exist_ok=True)
     mountpoint = workdir / "root"
     mountpoint.mkdir(exist_ok=True)
-    netns, host_end, inner = f"fleetimg-{node.name}", f"fb{tag}h", f"fb{tag}c"
+    netns, host_end, inner = f"fleetimg-{lab_name}-{node.name}", f"fb{tag}h", f"fb{tag}c"
     loop = runmod.run(["losetup", "-f", "--show", "-o", str(offset), "--sizelimit",
                        str(size), str(card)]).stdout.strip()
     state = BootedCard(node.name, lab_name, str(card), node.address, 0, loop,
@@ -163,13 +183,7 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
     try:
         runmod.run(["mount", loop, str(mountpoint)])
         _forget_host_key(fleet, node)
-        runmod.run(["ip", "netns", "add", netns])
-        runmod.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner])
-        runmod.run(["ip", "link", "set", inner, "netns", netns])
-        runmod.run(["ip", "-n", netns, "link", "set", inner, "name", interface])
-        runmod.run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        runmod.run(["ip", "link", "set", host_end, "master", _bridge(f"fleetimg-{lab_name}")])
-        runmod.run(["ip", "link", "set", host_end, "up"])
+        _plug_in(netns, host_end, inner, interface, _bridge(f"fleetimg-{lab_name}"))
         on_step(f"booting {card} as {node.name} ({node.address}) with systemd-nspawn")
         with open(state.console, "wb") as console:
             # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up.
