@@ -30,7 +30,7 @@ from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.paths import state_dir
 from fleetimg.sdcard.ext4 import Ext4
-from fleetimg.sdcard.gpt import read_table
+from fleetimg.sdcard.gpt import read_table_file
 
 BOOT_TIMEOUT = 120.0
 NM_DIR = "/etc/NetworkManager/system-connections"
@@ -67,12 +67,7 @@ def booted_cards() -> list[BootedCard]:
 
 
 def _app_location(card: Path) -> tuple[int, int]:
-    fd = os.open(card, os.O_RDONLY)
-    try:
-        table = read_table(fd, str(card))
-    finally:
-        os.close(fd)
-    app = table.by_name("APP")
+    app = read_table_file(card).by_name("APP")
     if app is None:
         raise LabError(f"{card}: no APP partition: not a Jetson card image")
     return app.offset, app.size

@@ -11,6 +11,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from fleetimg.errors import DiskError
 
@@ -50,6 +51,15 @@ class PartitionTable:
     def end(self) -> int:
         """Bytes the image needs on a card: up to and including the backup GPT header."""
         return (self.backup_lba + 1) * SECTOR
+
+
+def read_table_file(path: Path) -> PartitionTable:
+    """The primary GPT of an image file (or device) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_table(fd, str(path))
+    finally:
+        os.close(fd)
 
 
 def read_table(fd: int, where: str) -> PartitionTable:

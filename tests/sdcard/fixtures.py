@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from fleetimg import inventory
 from fleetimg import run as runmod
 from fleetimg.inventory import Fleet
 from fleetimg.sdcard.ext4 import Ext4
-from fleetimg.sdcard.gpt import read_table
+from fleetimg.sdcard.gpt import read_table_file
 from fleetimg.sdcard.testimage import build_test_image
 
 
@@ -57,11 +56,7 @@ def make_fleet(tmp_path: Path) -> Callable[..., Fleet]:
 
 def app_fs(image: Path) -> Ext4:
     """APP of a card image, found by name in its GPT (Nano and Orin layouts differ)."""
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        app = read_table(fd, str(image)).by_name("APP")
-    finally:
-        os.close(fd)
+    app = read_table_file(image).by_name("APP")
     assert app is not None
     return Ext4(image, app.offset)
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import os
 import zipfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from fleetimg.errors import DiskError
 from fleetimg.sdcard.ext4 import parse_free_blocks, parse_stat
-from fleetimg.sdcard.gpt import read_table
+from fleetimg.sdcard.gpt import read_table_file
 from fleetimg.sdcard.source import resolve_source
 from fleetimg.sdcard.testimage import APP_START, T210
 from fleetimg.sdcard.writer import merge, plan_write
@@ -18,11 +17,7 @@ from tests.conftest import DATA
 
 
 def test_test_image_is_jetson_like(jetson_image: Path) -> None:
-    fd = os.open(jetson_image, os.O_RDONLY)
-    try:
-        table = read_table(fd, str(jetson_image))
-    finally:
-        os.close(fd)
+    table = read_table_file(jetson_image)
     assert len(table.partitions) == 14
     app = table.by_name("APP")
     assert app is not None and app.number == 1 and app.first_lba == APP_START

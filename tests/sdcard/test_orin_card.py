@@ -3,7 +3,6 @@ R36's groups, the firmware rule, GPT GUIDs kept, a clean filesystem."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.sdcard.ext4 import FileSpec
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
-from fleetimg.sdcard.gpt import read_table
+from fleetimg.sdcard.gpt import read_table_file
 from fleetimg.sdcard.testimage import build_test_image
 from tests.sdcard.fixtures import app_fs, copy
 
@@ -39,20 +38,12 @@ def orin_fleet(make_fleet: Callable[..., Fleet], firmware: str | None,
 
 
 def guids(image: Path) -> tuple[str, list[tuple[str, str]]]:
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        table = read_table(fd, str(image))
-    finally:
-        os.close(fd)
+    table = read_table_file(image)
     return table.disk_guid, [(p.name, p.unique_guid) for p in table.partitions]
 
 
 def test_orin_image_has_nvidias_sd_layout(orin_image: Path, tmp_path: Path) -> None:
-    fd = os.open(orin_image, os.O_RDONLY)
-    try:
-        table = read_table(fd, str(orin_image))
-    finally:
-        os.close(fd)
+    table = read_table_file(orin_image)
     assert len(table.partitions) == 15
     app = table.by_name("APP")
     assert app is not None and app.number == 1
