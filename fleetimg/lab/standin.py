@@ -108,14 +108,9 @@ def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
         return STANDIN_PYTORCH
     base = ensure_standin_base(client, on_step)
     on_step(f"pip install {' '.join(PYTORCH_PIP)} under QEMU (several minutes)")
-    with tempfile.TemporaryDirectory() as tmp:
-        specs = " ".join(shlex.quote(s) for s in PYTORCH_PIP)
-        (Path(tmp) / "Dockerfile").write_text(PYTORCH_DOCKERFILE % specs)
-        build = find_build_command()
-        secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
-        runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
-                    f"BASE_IMAGE={base}", *secret, "-t", STANDIN_PYTORCH, tmp],
-                   env=build.env, timeout=7200)
+    specs = " ".join(shlex.quote(s) for s in PYTORCH_PIP)
+    secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
+    _build_on(base, STANDIN_PYTORCH, PYTORCH_DOCKERFILE % specs, secret, timeout=7200)
     return STANDIN_PYTORCH
 
 
@@ -125,9 +120,16 @@ def ensure_standin_triton_igpu(client: docker.DockerClient,
         return STANDIN_TRITON_IGPU
     base = ensure_standin_base(client, on_step)
     on_step(f"stand-in for NGC's tritonserver igpu image ({STANDIN_TRITON_IGPU})")
+    _build_on(base, STANDIN_TRITON_IGPU, TRITON_IGPU_DOCKERFILE)
+    return STANDIN_TRITON_IGPU
+
+
+def _build_on(base: str, tag: str, dockerfile: str, extra: list[str] | None = None,
+              timeout: float | None = None) -> None:
+    """Build `dockerfile` (ARG BASE_IMAGE) on the stand-in `base` as arm64 image `tag`."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "Dockerfile").write_text(TRITON_IGPU_DOCKERFILE)
+        (Path(tmp) / "Dockerfile").write_text(dockerfile)
         build = find_build_command()
         runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
-                    f"BASE_IMAGE={base}", "-t", STANDIN_TRITON_IGPU, tmp], env=build.env)
-    return STANDIN_TRITON_IGPU
+                    f"BASE_IMAGE={base}", *(extra or []), "-t", tag, tmp],
+                   env=build.env, timeout=timeout)

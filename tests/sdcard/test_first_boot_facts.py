@@ -15,6 +15,7 @@ import pytest
 
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
+from fleetimg.lab.jetpack_standins import NVPMODEL_ORIN_NANO, NVPMODEL_T210
 from fleetimg.sdcard.ext4 import Ext4, FileSpec
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
 from fleetimg.sdcard.testimage import APP_START, build_test_image
@@ -122,24 +123,9 @@ def test_dry_run_creates_no_key_and_no_password(
         assert app_fs(tmp_path / name).read("/home/jetson/.ssh/id_ed25519") == key.read_bytes()
 
 
-NVPMODEL_ORIN_NANO_SUPER = """< PM_CONFIG DEFAULT=2 >
-< POWER_MODEL ID=0 NAME=15W >
-CPU_ONLINE CORE_0 1
-< POWER_MODEL ID=1 NAME=25W >
-CPU_ONLINE CORE_0 1
-< POWER_MODEL ID=2 NAME=MAXN_SUPER >
-CPU_ONLINE CORE_0 1
-"""
-NVPMODEL_NANO = """< POWER_MODEL ID=0 NAME=MAXN >
-CPU_ONLINE CORE_0 1
-< POWER_MODEL ID=1 NAME=5W >
-CPU_ONLINE CORE_0 1
-"""
-
-
 @pytest.mark.parametrize(("conf", "expected"), [
-    (NVPMODEL_ORIN_NANO_SUPER, "2 MAXN_SUPER"),  # mode 0 there is 15 W
-    (NVPMODEL_NANO, "0 MAXN"),
+    (NVPMODEL_ORIN_NANO, "2 MAXN_SUPER"),  # mode 0 there is 15 W
+    (NVPMODEL_T210, "0 MAXN"),
     ("< POWER_MODEL ID=0 NAME=10W >\n", ""),
 ])
 def test_power_mode_is_chosen_by_name(tmp_path: Path, conf: str, expected: str) -> None:
@@ -159,7 +145,7 @@ def sandbox(tmp_path: Path, nvpmodel_rc: int) -> tuple[Path, dict[str, str]]:
     (root / "etc/ssh").mkdir()
     (root / "etc/fleetimg/firstboot.conf").write_text(
         'GROW_APP=0\nMAX_POWER_NAMES="MAXN_SUPER MAXN"\nSWAPFILE=\nNODE=node1\n')
-    (root / "etc/nvpmodel.conf").write_text(NVPMODEL_ORIN_NANO_SUPER)
+    (root / "etc/nvpmodel.conf").write_text(NVPMODEL_ORIN_NANO)
     (root / "etc/machine-id").write_text("")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
