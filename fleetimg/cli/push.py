@@ -163,17 +163,18 @@ def _plan_json(plan: FleetPlan) -> dict[str, object]:
                    "reason": p.error.message if p.error else ""} for p in ip.plans]
     nodes += [{"node": u.node.name, "action": "refuse", "image": None,
                "reason": u.error.message if u.error else ""} for u in plan.unassigned]
-    return {**_images_json(plan), "nodes": nodes,
-            "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
-            "notes": [n for ip in plan.images for n in ip.delivery.notes]}
+    return {**_images_json(plan), "nodes": nodes}
 
 
 def _images_json(plan: FleetPlan) -> dict[str, object]:
+    """What the plan and the report both start with: the images, relays and notes."""
     first = plan.images[0].image if plan.images else None
     return {"image": first.ref if first else None, "id": first.id if first else None,
             "images": [{"image": ip.image.ref, "id": ip.image.id,
                         "l4t": str(ip.image.l4t) if ip.image.l4t else None,
-                        "nodes": [p.node.name for p in ip.plans]} for ip in plan.images]}
+                        "nodes": [p.node.name for p in ip.plans]} for ip in plan.images],
+            "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
+            "notes": [n for ip in plan.images for n in ip.delivery.notes]}
 
 
 def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
@@ -186,9 +187,7 @@ def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
                 "error": r.error.message if r.error else None}
 
     def document(nodes: list[dict[str, object]]) -> dict[str, object]:
-        return {**_images_json(plan), "sent_bytes": report.sent_bytes,
-                "relays": [g.describe() for ip in plan.images for g in ip.delivery.groups],
-                "notes": [n for ip in plan.images for n in ip.delivery.notes], "nodes": nodes}
+        return {**_images_json(plan), "sent_bytes": report.sent_bytes, "nodes": nodes}
 
     def notes() -> None:
         for r in results:

@@ -66,17 +66,24 @@ def _layer_sizes(client: docker.DockerClient, ref: str, count: int) -> tuple[int
 
 def resolve_image(client: docker.DockerClient, ref: str) -> LocalImage:
     """An image reference, or a build target name (the newest image `fleetimg build` made)."""
+    named = _by_name(client, ref)
+    if named is not None:
+        return named
+    newest = _newest_per_release(client, ref)
+    if len(newest) > 1:
+        raise UsageError(
+            f"target {ref!r} has images for {', '.join(sorted(newest))}: name one",
+            hint=f"e.g. {next(iter(newest.values())).ref}")
+    return next(iter(newest.values()))
+
+
+def _by_name(client: docker.DockerClient, ref: str) -> LocalImage | None:
+    """The local image `ref` names, or None when no image has that name."""
     try:
         image = client.images.get(ref)
-        resolved = ref if ":" in ref or "@" in ref else f"{ref}:latest"
     except ImageNotFound:
-        newest = _newest_per_release(client, ref)
-        if len(newest) > 1:
-            raise UsageError(
-                f"target {ref!r} has images for {', '.join(sorted(newest))}: name one",
-                hint=f"e.g. {next(iter(newest.values())).ref}") from None
-        return next(iter(newest.values()))
-    return _local(client, image, resolved)
+        return None
+    return _local(client, image, ref if ":" in ref or "@" in ref else f"{ref}:latest")
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,9 @@ def assign_images(client: docker.DockerClient, ref: str, nodes: Sequence[Node],
     the node's release (`build TARGET --all-releases` makes one per family); a node no built
     image runs on is refused here, with the build that fixes it.
     """
-    try:
-        client.images.get(ref)
-        return [ImageAssignment(resolve_image(client, ref), tuple(nodes))], {}
-    except ImageNotFound:
-        pass
+    named = _by_name(client, ref)
+    if named is not None:
+        return [ImageAssignment(named, tuple(nodes))], {}
     newest = _newest_per_release(client, ref)
     chosen: dict[str, list[Node]] = {}
     refused: dict[str, PushError] = {}
@@ -128,18 +133,17 @@ def _newest_per_release(client: docker.DockerClient, target: str) -> dict[str, L
     only orders images built outside fleetimg."""
     built = sorted(_target_images(client, target), key=lambda i: i.attrs.get("Created", ""),
                    reverse=True)
+    by_release: dict[str, list[Image]] = {}
+    for image in built:
+        if image.tags:
+            labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+            by_release.setdefault(labels.get(LABEL_L4T, ""), []).append(image)
     newest: dict[str, LocalImage] = {}
-    for image in built:
-        key = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_L4T, "")
-        if key in newest or not image.tags:
-            continue
-        canonical = f"fleetimg/{target}:{L4TRelease.parse(key).tag}" if key else None
-        if canonical in image.tags:
-            newest[key] = _local(client, image, canonical)
-    for image in built:
-        key = ((image.attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_L4T, "")
-        if key not in newest and image.tags:
-            newest[key] = _local(client, image, _tag_of(image, target))
+    for key, images in by_release.items():
+        canonical = f"fleetimg/{target}:{L4TRelease.parse(key).tag}" if key else ""
+        image = next((i for i in images if canonical in i.tags), images[0])
+        newest[key] = _local(client, image, canonical if canonical in image.tags
+                             else _tag_of(image, target))
     return newest
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -78,6 +79,14 @@ def ssh_to(fleet: Fleet) -> Ssh:
     return Ssh(SshOptions(known_hosts=fleet.known_hosts, connect_timeout=5))
 
 
+def probe_one(fleet: Fleet, node: str) -> dict[str, Any]:
+    """`fleetimg nodes probe --to NODE --json`, which must succeed."""
+    code, data = fleetimg_json("-i", str(fleet.path), "nodes", "probe", "--to", node)
+    assert code == 0, data
+    assert isinstance(data, list) and isinstance(data[0], dict)
+    return data[0]
+
+
 def on(fleet: Fleet, node: str, command: str) -> str:
     return ssh_to(fleet).run(fleet.node(node), command, timeout=60).stdout.strip()
 
@@ -92,10 +101,7 @@ def test_card_node_boots_and_joins_the_fleet(
     card = write_card(fleet, "node2", bootable, tmp_path / "node2.img")
     boot_card(fleet, config.name, card)
     try:
-        code, data = fleetimg_json("-i", str(fleet.path), "nodes", "probe", "--to", "node2")
-        assert code == 0, data
-        assert isinstance(data, list)
-        probe = data[0]
+        probe = probe_one(fleet, "node2")
         assert probe["reachable"] and probe["address"] == fleet.node("node2").address
         assert probe["hostname"] == "node2" and probe["hosts_has_name"]
         assert probe["self_address"] == fleet.node("node2").address
@@ -211,10 +217,7 @@ def test_orin_card_boots_like_a_nano_card(
     card = write_card(fleet, "node4", bootable_orin, tmp_path / "node4.img")
     boot_card(fleet, config.name, card)
     try:
-        code, data = fleetimg_json("-i", str(fleet.path), "nodes", "probe", "--to", "node4")
-        assert code == 0, data
-        assert isinstance(data, list)
-        probe = data[0]
+        probe = probe_one(fleet, "node4")
         assert (probe["l4t"], probe["jetpack"], probe["board"]) == ("R36.4.3", "6.2", "generic")
         assert probe["module"] == "orin-nano" and probe["firmware"] == "36.4.3"
         # The keyfile names the Orin's port, and the card came up on it at its address.
