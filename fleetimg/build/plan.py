@@ -87,10 +87,11 @@ def plan_build(
         raise UsageError(
             f"NVIDIA published no Triton release for JetPack {images.jetpack} (L4T "
             f"{images.l4t})", hint="Triton for Jetson starts at JetPack 4.6 (R32.6.1)")
+    if standin and base is None and variant.standin_base is None:
+        raise UsageError(f"{target.name} has no stand-in base for {images.family}",
+                         hint="pass one with --base, or add [standin] base to its target.toml")
     resolved = base or (variant.standin_base if standin else None) or base_image(
-        images, variant.base_column or target.base_column)
-    if standin and resolved is None:
-        raise UsageError(f"{target.name} has no stand-in base")
+        images, variant.base_column)
     # Without nodes: the oldest GPU of the family (Nano 5.3; JetPack 6 runs on Orin only).
     default_capability = "8.7" if images.l4t.major >= 36 else "5.3"
     capability = min((n.module.compute_capability for n in group.nodes),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -30,10 +31,11 @@ class ReleaseImages:
         return f"r{self.l4t.major}"
 
 
-def _rows() -> list[dict[str, str]]:
+@functools.cache
+def _rows() -> tuple[dict[str, str], ...]:
+    """releases.toml, read once: images_for() runs per node and per lookup."""
     text = resources.files("fleetimg.dockerfiles").joinpath("releases.toml").read_text()
-    rows: list[dict[str, str]] = tomllib.loads(text)["release"]
-    return rows
+    return tuple(tomllib.loads(text)["release"])
 
 
 def load_table() -> dict[L4TRelease, ReleaseImages]:

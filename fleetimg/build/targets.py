@@ -23,8 +23,8 @@ class FamilyVariant:
     """How a target builds for one L4T family when that differs ([family.rNN] in
     target.toml): Triton is a tarball on JetPack 4/5 and NGC's igpu image on JetPack 6."""
 
+    base_column: str  # which column of releases.toml names its base image
     dockerfile: str = "Dockerfile"
-    base_column: str | None = None
     standin_base: str | None = None
 
 
@@ -43,7 +43,7 @@ class Target:
     families: Mapping[str, FamilyVariant] = field(default_factory=dict)
 
     def variant(self, family: str) -> FamilyVariant:
-        return self.families.get(family) or FamilyVariant(base_column=self.base_column,
+        return self.families.get(family) or FamilyVariant(self.base_column,
                                                           standin_base=self.standin_base)
 
     @property
@@ -79,8 +79,8 @@ def load_target(name: str) -> Target:
     column = _column(data.get("base", "base"), name)
     families = {
         fam: FamilyVariant(
+            _column(v.get("base", column), name),
             dockerfile=str(v.get("dockerfile", "Dockerfile")),
-            base_column=_column(v.get("base", column), name),
             standin_base=v.get("standin", standin.get("base")))
         for fam, v in data.get("family", {}).items()}
     args = tuple(data.get("args", []))

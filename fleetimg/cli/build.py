@@ -25,7 +25,7 @@ def targets(as_json: bool) -> None:
     for name in target_names():
         t = load_target(name)
         for rel, images in sorted(table_.items()):
-            column = t.variant(images.family).base_column or t.base_column
+            column = t.variant(images.family).base_column
             if t.needs_triton and not images.triton:
                 base = "- (no Triton for this JetPack)"
             else:

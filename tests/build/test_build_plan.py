@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,13 @@ def test_triton_on_jetpack_6_builds_on_ngcs_igpu_image(tmp_path: Path) -> None:
 def test_releases_without_images_are_refused(l4t: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         images_for(L4TRelease.parse(l4t))
+
+
+def test_standin_without_a_standin_base_is_refused(tmp_path: Path) -> None:
+    # It used to fall back to the NGC base silently: a rehearsal would then try nvcr.io.
+    target = dataclasses.replace(load_target("pytorch"), standin_base=None)
+    group = single_group(group_releases(board_releases((), "R32.7.1")))
+    with pytest.raises(UsageError, match="pytorch has no stand-in base for r32"):
+        plan_build(target, group, directory=tmp_path, standin=True)
+    assert plan_build(target, group, directory=tmp_path, standin=True,
+                      base="local/base:1").base == "local/base:1"
