@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
@@ -58,11 +58,7 @@ def ensure_card_rootfs(client: docker.DockerClient,
 def _configure(root: Path) -> None:
     for group in JETSON_GROUPS:
         runmod.run(["chroot", str(root), "groupadd", "-f", "-r", group])
-    for f in standins.FILES:
-        path = root / f.path.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f.content)
-        path.chmod(f.mode)
+    _write(root, standins.FILES)
     for link, target in standins.SYMLINKS:
         path = root / link.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +69,14 @@ def _configure(root: Path) -> None:
         key.unlink()
     (root / "etc/machine-id").write_text("")
     _default_name(root)
+
+
+def _write(root: Path, files: Iterable[standins.StandinFile]) -> None:
+    for f in files:
+        path = root / f.path.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f.content)
+        path.chmod(f.mode)
 
 
 def _default_name(root: Path) -> None:
@@ -101,11 +105,7 @@ def _export(tag: str, into: Path) -> None:
 def _as_orin_nano(root: Path, l4t: L4TRelease) -> None:
     """JetPack 6 runs on Orins only: an R36 card is an Orin Nano's (the SD card module)."""
     (root / "etc/nvpmodel/nvpmodel_t210.conf").unlink()
-    for f in standins.orin_card_files(f"{l4t.major}.{l4t.minor}.{l4t.patch}"):
-        path = root / f.path.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f.content)
-        path.chmod(f.mode)
+    _write(root, standins.orin_card_files(f"{l4t.major}.{l4t.minor}.{l4t.patch}"))
 
 
 def build_bootable_card(out: Path, *, l4t: L4TRelease, board: str = "t210ref",
