@@ -36,6 +36,8 @@ power_mode_id() {
 [ "${FLEETIMG_FIRSTBOOT_LIB:-}" = 1 ] && return 0
 
 . "$CONF"
+# `fleetimg apply --restart` on a running board: its settings now, never a partition change.
+if [ "${FLEETIMG_FIRSTBOOT_NOW:-}" = 1 ]; then GROW_APP=0; fi
 
 # Skipping oem-config also skips NVIDIA's resize of APP to the card, so it is done here.
 if [ "${GROW_APP:-1}" = 1 ]; then

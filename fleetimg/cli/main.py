@@ -109,7 +109,7 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import build, lab, nodes, push, registry, sdcard
+    from fleetimg.cli import apply, build, lab, nodes, push, registry, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
@@ -118,6 +118,7 @@ def _register() -> None:
     cli.add_command(registry.registry)
     cli.add_command(build.build)
     cli.add_command(build.targets)
+    cli.add_command(apply.apply)
 
 
 _register()

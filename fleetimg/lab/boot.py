@@ -33,6 +33,21 @@ from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import read_table_file
 
 BOOT_TIMEOUT = 120.0
+# A board that reboots comes back, as a real one does: systemd-nspawn exits with 133 when
+# the container reboots (systemd-nspawn(1)), and this loop starts it again; SIGTERM (lab
+# boot --stop) is passed on to nspawn, which shuts the card down cleanly.
+_REBOOT_LOOP = """
+stopping=0
+trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+while :; do
+  "$@" < /dev/null &
+  child=$!
+  wait "$child"; rc=$?
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+  if [ "$stopping" = 1 ] || [ "$rc" != 133 ]; then exit "$rc"; fi
+  echo "fleetimg lab: the card rebooted; starting it again"
+done
+"""
 NM_DIR = "/etc/NetworkManager/system-connections"
 
 
@@ -183,7 +198,8 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
         with open(state.console, "wb") as console:
             # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up.
             proc = runmod.spawn(
-                ["systemd-nspawn", "-D", str(mountpoint), "--boot", "--register=no",
+                ["sh", "-c", _REBOOT_LOOP, "fleetimg-lab-boot",
+                 "systemd-nspawn", "-D", str(mountpoint), "--boot", "--register=no",
                  "--keep-unit", f"--machine={node.name}",
                  f"--network-namespace-path=/run/netns/{netns}",
                  "--capability=CAP_NET_ADMIN"],
@@ -222,7 +238,9 @@ def stop_card(name: str) -> bool:
         while runmod.pid_alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if runmod.pid_alive(state.pid):
-            os.kill(state.pid, signal.SIGKILL)
+            # The reboot loop and nspawn share its process group (a session of their own).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state.pid, signal.SIGKILL)
     runmod.run(["umount", state.mountpoint], check=False)
     runmod.run(["losetup", "-d", state.loop], check=False)
     runmod.run(["ip", "link", "del", state.veth], check=False)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from string import Template
+from typing import Protocol
 
 from fleetimg.errors import DiskError, UsageError
 from fleetimg.inventory import Fleet, Node, Role, Runtime, SdcardSettings
 from fleetimg.l4t import L4TRelease
-from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, SymlinkSpec
+from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, Inode, SymlinkSpec
 from fleetimg.sdcard.secrets import CardSecrets
 
 DEFAULT_TARGET = "/etc/systemd/system/default.target"
@@ -31,6 +32,27 @@ NODE_PASSWORD = "/etc/rancher/node/password"
 # Highest power mode names, best first: Super Orins have MAXN_SUPER, older modules MAXN.
 MAX_POWER_MODES = ("MAXN_SUPER", "MAXN")
 FIRSTBOOT_UNIT = "/etc/systemd/system/fleetimg-firstboot.service"
+FIRSTBOOT_DONE = "/etc/fleetimg/firstboot.done"
+NM_KEYFILE = f"{NM_DIR}/fleetimg-wired.nmconnection"
+# The keys fleetimg manages sit between these lines of authorized_keys; the user's own keys
+# outside them are never touched (sshd ignores lines starting with #).
+KEYS_BEGIN = "# BEGIN fleetimg: keys from the fleet inventory (edit fleet.toml, not these lines)"
+KEYS_END = "# END fleetimg"
+
+
+class RootFs(Protocol):
+    """What the overlay reads of a root filesystem: a card's APP through debugfs (`Ext4`)
+    or a running board's files fetched over SSH (`apply.snapshot.BoardFs`)."""
+
+    def stat(self, path: str) -> Inode | None: ...
+
+    def read(self, path: str) -> bytes | None: ...
+
+    def read_text(self, path: str) -> str | None: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+    def walk(self, top: str) -> list[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -93,14 +115,12 @@ class _Skel:
     symlinks: list[SymlinkSpec] = field(default_factory=list)
 
 
-def _copy_skel(fs: Ext4, home: str, uid: int, gid: int, notes: list[str]) -> _Skel:
+def _copy_skel(fs: RootFs, home: str, uid: int, gid: int, notes: list[str]) -> _Skel:
     """/etc/skel into the new home, entry by entry *by type*: L4T's skeleton holds a
     Desktop/ directory of launchers, which `debugfs cat` would dump as raw directory blocks."""
     out = _Skel()
     for path, kind in fs.walk("/etc/skel"):
         dest = home + path.removeprefix("/etc/skel")
-        if fs.stat(dest) is not None:
-            continue  # the user's own files stay
         inode = fs.stat(path)
         if inode is None:
             continue
@@ -166,10 +186,11 @@ class Part:
 class _Context:
     fleet: Fleet
     node: Node
-    fs: Ext4  # what the root filesystem holds now
+    fs: RootFs  # what the root filesystem holds now
     secrets: CardSecrets
     release: L4TRelease  # the image's (or the board's) L4T
     reset_identity: bool
+    board: bool  # a running board (`apply`), not a card being written
 
     @property
     def settings(self) -> SdcardSettings:
@@ -177,7 +198,7 @@ class _Context:
 
 
 def build_overlay(
-    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *,
+    fleet: Fleet, node: Node, fs: RootFs, secrets: CardSecrets, *,
     image_release: L4TRelease | None, reset_identity: bool = False,
 ) -> Overlay:
     """What the node's card needs, computed from the inventory and the image; writes
@@ -194,11 +215,13 @@ def build_overlay(
 
 
 def overlay_parts(
-    fleet: Fleet, node: Node, fs: Ext4, secrets: CardSecrets, *,
-    image_release: L4TRelease | None, reset_identity: bool = False,
+    fleet: Fleet, node: Node, fs: RootFs, secrets: CardSecrets, *,
+    image_release: L4TRelease | None, reset_identity: bool = False, board: bool = False,
 ) -> list[Part]:
-    """The node's desired state, one part per concern, in the order they are written."""
-    ctx = _Context(fleet, node, fs, secrets, image_release or node.l4t, reset_identity)
+    """The node's desired state, one part per concern, in the order they are written.
+    `board`: for a running board rather than a card (its first boot is behind it, its
+    identity is kept unless `reset_identity`)."""
+    ctx = _Context(fleet, node, fs, secrets, image_release or node.l4t, reset_identity, board)
     return [_network(ctx), _users(ctx), _boot(ctx), _first_boot(ctx), _docker(ctx),
             _k3s(ctx), _identity(ctx)]
 
@@ -215,12 +238,24 @@ def _network(ctx: _Context) -> Part:
     # Bound to the module's own port: eth0 on Nano/TX2/Xavier/AGX Orin, enP8p1s0 (a PCIe
     # NIC) on the Orin Nano/NX devkits.
     keyfile = _template("nm-wired.nmconnection.tmpl").substitute(
-        uuid=uuid.uuid4(), address=node.address, prefix=fleet.subnet.prefixlen,
+        uuid=_keyfile_uuid(ctx.fs), address=node.address, prefix=fleet.subnet.prefixlen,
         gateway_suffix=gw, dns=dns, interface=node.module.ethernet)
     return Part(Concern.NETWORK, files=(
         FileSpec("/etc/hostname", f"{node.name}\n".encode()),
         FileSpec("/etc/hosts", hosts.encode()),
-        FileSpec(f"{NM_DIR}/fleetimg-wired.nmconnection", keyfile.encode(), mode=0o600)))
+        FileSpec(NM_KEYFILE, keyfile.encode(), mode=0o600)))
+
+
+def _keyfile_uuid(fs: RootFs) -> str:
+    """The connection's UUID stays what it is: NetworkManager knows the profile by it, and
+    a new one on every run would make every `apply` a change."""
+    current = fs.read_text(NM_KEYFILE) or ""
+    found = next((ln.split("=", 1)[1].strip() for ln in current.splitlines()
+                  if ln.startswith("uuid=")), "")
+    try:
+        return str(uuid.UUID(found))
+    except ValueError:
+        return str(uuid.uuid4())
 
 
 def _users(ctx: _Context) -> Part:
@@ -235,8 +270,8 @@ def _users(ctx: _Context) -> Part:
     )
     if not acc.passwd or not acc.group:
         raise DiskError("the image has no /etc/passwd or /etc/group: not an L4T root filesystem")
-    uid, gid = _add_user(acc, s, notes)
-    _add_to_groups(acc, s, ctx.release, notes)
+    uid, gid = _add_user(acc, s, notes, board=ctx.board)
+    _add_to_groups(acc, s, ctx.release, notes, board=ctx.board)
     files: list[FileSpec] = []
     for name, rows, mode, default_gid in (("passwd", acc.passwd, 0o644, 0),
                                            ("group", acc.group, 0o644, 0),
@@ -251,7 +286,8 @@ def _users(ctx: _Context) -> Part:
         files.append(FileSpec(f"/etc/sudoers.d/fleetimg-{s.user}",
                               f"{s.user} ALL=(ALL) NOPASSWD:ALL\n".encode(), mode=0o440))
     home = f"/home/{s.user}"
-    skel = _copy_skel(fs, home, uid, gid, notes)
+    # A home that exists is the user's: nothing from /etc/skel is copied into it.
+    skel = _Skel() if fs.stat(home) is not None else _copy_skel(fs, home, uid, gid, notes)
     files += skel.files + _keys(ctx, home, uid, gid)
     dirs = [DirSpec(home, 0o755, uid, gid), DirSpec(f"{home}/.ssh", 0o700, uid, gid),
             *skel.dirs]
@@ -259,13 +295,15 @@ def _users(ctx: _Context) -> Part:
                 symlinks=tuple(skel.symlinks), notes=tuple(notes))
 
 
-def _add_user(acc: _Accounts, s: SdcardSettings, notes: list[str]) -> tuple[int, int]:
+def _add_user(acc: _Accounts, s: SdcardSettings, notes: list[str], *,
+              board: bool) -> tuple[int, int]:
     """The user's rows (kept if the image has them); returns its uid and gid."""
     user = s.user
     existing = next((r for r in acc.passwd if r[0] == user), None)
     if existing is not None:
         uid, gid = int(existing[2]), int(existing[3])
-        notes.append(f"user {user} already exists (uid {uid}); keys and groups updated")
+        if not board:  # on a running board the user is expected to exist
+            notes.append(f"user {user} already exists (uid {uid}); keys and groups updated")
     else:
         used_uids = {int(r[2]) for r in acc.passwd if len(r) > 2 and r[2].isdigit()}
         used_gids = {int(r[2]) for r in acc.group if len(r) > 2 and r[2].isdigit()}
@@ -277,14 +315,21 @@ def _add_user(acc: _Accounts, s: SdcardSettings, notes: list[str]) -> tuple[int,
         acc.group.append([user, "x", str(gid), ""])
         acc.gshadow.append([user, "!", "", ""])
     # '*' (no password) rather than '!' (locked): sshd refuses keys for locked accounts.
+    wanted = s.password_hash or "*"
+    row = next((r for r in acc.shadow if r[0] == user), None)
+    if row is not None and len(row) > 2 and (row[1] == wanted or (
+            s.password_hash is None and row[1] not in ("", "!", "!*"))):
+        # Kept as it is (and so the same on every run): the password the board's user set,
+        # or the one the inventory names, with its last-change day.
+        return uid, gid
     days = str(int(time.time() // 86400))
     acc.shadow = [r for r in acc.shadow if r[0] != user]
-    acc.shadow.append([user, s.password_hash or "*", days, "0", "99999", "7", "", "", ""])
+    acc.shadow.append([user, wanted, days, "0", "99999", "7", "", "", ""])
     return uid, gid
 
 
 def _add_to_groups(acc: _Accounts, s: SdcardSettings, release: L4TRelease,
-                   notes: list[str]) -> None:
+                   notes: list[str], *, board: bool) -> None:
     if release.major >= 36 and "weston-launch" in s.groups and \
             not any(r[0] == "weston-launch" for r in acc.group):
         # R36's l4t_create_default_user.sh creates the group when the image lacks it.
@@ -308,7 +353,8 @@ def _add_to_groups(acc: _Accounts, s: SdcardSettings, release: L4TRelease,
                 members.append(s.user)
             row[3] = ",".join(members)
     if missing_groups:
-        notes.append(f"groups not in this image, skipped: {', '.join(missing_groups)}")
+        notes.append(f"groups not in this {'system' if board else 'image'}, skipped: "
+                     f"{', '.join(missing_groups)}")
 
 
 def _keys(ctx: _Context, home: str, uid: int, gid: int) -> list[FileSpec]:
@@ -322,9 +368,28 @@ def _keys(ctx: _Context, home: str, uid: int, gid: int) -> list[FileSpec]:
         files += [FileSpec(f"{home}/.ssh/id_ed25519", private, 0o600, uid, gid),
                   FileSpec(f"{home}/.ssh/id_ed25519.pub", (pub + "\n").encode(), 0o644,
                            uid, gid)]
-    files.append(FileSpec(f"{home}/.ssh/authorized_keys", ("\n".join(keys) + "\n").encode(),
+    path = f"{home}/.ssh/authorized_keys"
+    files.append(FileSpec(path, managed_authorized_keys(ctx.fs.read_text(path), keys).encode(),
                           0o600, uid, gid))
     return files
+
+
+def managed_authorized_keys(current: str | None, keys: list[str]) -> str:
+    """authorized_keys with fleetimg's block holding exactly `keys`. Lines outside the block
+    are the user's and stay, except copies of a key the block now holds."""
+    outside: list[str] = []
+    inside = False
+    for line in (current or "").splitlines():
+        if line.strip() == KEYS_BEGIN:
+            inside = True
+        elif line.strip() == KEYS_END and inside:
+            inside = False
+        elif not inside and line.strip() not in keys:
+            outside.append(line)
+    while outside and not outside[-1].strip():
+        outside.pop()
+    block = [KEYS_BEGIN, *dict.fromkeys(keys), KEYS_END]
+    return "\n".join([*outside, *block]) + "\n"
 
 
 def _boot(ctx: _Context) -> Part:
@@ -338,7 +403,8 @@ def _boot(ctx: _Context) -> Part:
         # flag as "grow APP, add a swap file, update QSPI" (docs/first-boot.md).
         dirs.append(DirSpec("/etc/nv"))
         files.append(FileSpec("/etc/nv/nvautoconfig", b""))
-    if ctx.fs.stat("/etc/nv/nvfirstboot") is None and not ctx.reset_identity:
+    if ctx.fs.stat("/etc/nv/nvfirstboot") is None and not ctx.reset_identity and \
+            not ctx.board:
         notes.append("/etc/nv/nvfirstboot is absent in this image: NVIDIA's first-boot setup "
                      "will not run")
     return Part(Concern.BOOT, files=tuple(files), dirs=tuple(dirs),
@@ -356,11 +422,20 @@ def _first_boot(ctx: _Context) -> Part:
     conf = (f"GROW_APP=1\nMAX_POWER_NAMES=\"{power_names}\"\nSWAPFILE={swapfile}\n"
             f"NODE={ctx.node.name}\n")
     wants = "/etc/systemd/system/multi-user.target.wants/fleetimg-firstboot.service"
-    # A card from a booted fleetimg board (--allow-cloned) runs its first boot again: it
-    # makes the host keys and machine-id this card was given none of.
-    remove = [p for p in ("/etc/fleetimg/firstboot.done", "/etc/fleetimg/firstboot.failed")
-              if ctx.fs.stat(p) is not None]
-    remove.append(wants)
+    files: list[FileSpec] = []
+    remove: list[str] = []
+    if ctx.board:
+        # A running board's first boot is behind it: growing a partition is for a fresh
+        # card only, and on eMMC APP need not be last. Its settings (power mode, swap) are
+        # applied by `apply --restart` instead.
+        if ctx.fs.stat(FIRSTBOOT_DONE) is None:
+            files.append(FileSpec(FIRSTBOOT_DONE, b""))
+    else:
+        # A card from a booted fleetimg board (--allow-cloned) runs its first boot again: it
+        # makes the host keys and machine-id this card was given none of.
+        remove += [p for p in (FIRSTBOOT_DONE, "/etc/fleetimg/firstboot.failed")
+                   if ctx.fs.stat(p) is not None]
+        remove.append(wants)
     if s.swap == "off":
         # NVIDIA enables zram swap through multi-user.target.wants; removing that link turns
         # it off and leaves nvidia-l4t-init's own unit file alone (docs/first-boot.md).
@@ -369,7 +444,7 @@ def _first_boot(ctx: _Context) -> Part:
         FileSpec("/etc/fleetimg/firstboot.conf", conf.encode()),
         FileSpec("/usr/local/sbin/fleetimg-firstboot", _resource("fleetimg-firstboot.sh"),
                  0o755),
-        FileSpec(FIRSTBOOT_UNIT, _resource("fleetimg-firstboot.service.tmpl"))),
+        FileSpec(FIRSTBOOT_UNIT, _resource("fleetimg-firstboot.service.tmpl")), *files),
         dirs=(DirSpec("/etc/fleetimg"), DirSpec("/etc/systemd/system/multi-user.target.wants")),
         symlinks=(SymlinkSpec(wants, FIRSTBOOT_UNIT),), remove=tuple(remove))
 
@@ -424,20 +499,30 @@ def _identity(ctx: _Context) -> Part:
     keys (nvfb.sh or fleetimg's first boot makes them) and an empty machine-id (systemd
     makes one). Two boards from one image never share them (docs/first-boot.md)."""
     fs = ctx.fs
-    files = [FileSpec("/etc/machine-id", b"", mode=0o444)]
-    dbus_id = fs.stat("/var/lib/dbus/machine-id")
-    if dbus_id is not None and dbus_id.kind == "regular":  # often a link to /etc/machine-id
-        files.append(FileSpec("/var/lib/dbus/machine-id", b"", mode=dbus_id.mode))
-    remove = [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
+    files: list[FileSpec] = []
+    remove: list[str] = []
     notes: list[str] = []
+    if ctx.board:
+        if not ctx.reset_identity:
+            return Part(Concern.IDENTITY)
+        # A running board makes its new machine-id and host keys itself (`apply` runs that
+        # step): only the K3s state below is removed as files.
+    else:
+        files.append(FileSpec("/etc/machine-id", b"", mode=0o444))
+        dbus_id = fs.stat("/var/lib/dbus/machine-id")
+        if dbus_id is not None and dbus_id.kind == "regular":  # often a link to machine-id
+            files.append(FileSpec("/var/lib/dbus/machine-id", b"", mode=dbus_id.mode))
+        remove += [f"/etc/ssh/{k}" for k in fs.listdir("/etc/ssh") if k.startswith("ssh_host_")]
     if ctx.reset_identity:
+        k3s = [state for state in ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
+                                   "/var/lib/rancher/k3s/agent/serving-kubelet.crt")
+               if fs.stat(state) is not None]
         if fs.stat(NODE_PASSWORD) is not None and ctx.node.runtime is not Runtime.K3S:
-            remove.append(NODE_PASSWORD)
-        remove += [state for state in ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
-                                       "/var/lib/rancher/k3s/agent/serving-kubelet.crt")
-                   if fs.stat(state) is not None]
-        notes.append("identity reset: the source board's K3s node password and agent "
-                     "certificates removed")
+            k3s.append(NODE_PASSWORD)
+        if k3s:
+            remove += k3s
+            notes.append("identity reset: the source board's K3s node password and agent "
+                         "certificates removed")
     return Part(Concern.IDENTITY, files=tuple(files), remove=tuple(remove), notes=tuple(notes))
 
 

@@ -21,6 +21,7 @@ from fleetimg.sdcard.flash import (
     prepare_source,
     write_card,
 )
+from fleetimg.sdcard.overlay import KEYS_BEGIN, KEYS_END
 from fleetimg.sdcard.writer import plan_write
 from tests.sdcard.fixtures import app_fs
 
@@ -76,7 +77,9 @@ def test_node_image_has_identity_network_and_user(
     assert owner_mode(fs, "/home/jetson/.ssh") == (0o700, 1000, 1000)
     assert owner_mode(fs, "/home/jetson/.ssh/authorized_keys") == (0o600, 1000, 1000)
     pub = (fleet.base_dir / "id_fleet.pub").read_text().strip()
-    assert (fs.read_text("/home/jetson/.ssh/authorized_keys") or "").strip() == pub
+    keys = (fs.read_text("/home/jetson/.ssh/authorized_keys") or "").splitlines()
+    # The keys fleetimg manages sit in its block, so `apply` can later change only those.
+    assert keys == [KEYS_BEGIN, pub, KEYS_END]
     assert owner_mode(fs, "/home/jetson/.bashrc")[1:] == (1000, 1000)
     assert fs.stat("/home/jetson/.ssh/id_ed25519") is None  # internal key only when asked
 

@@ -1,0 +1,1 @@
+"""`fleetimg apply`: running boards brought to the inventory\x27s state over SSH."""
