@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
+from fleetimg import seen
 from fleetimg.errors import FleetimgError, UsageError
 from fleetimg.inventory import Node, modules_for_compatible
 from fleetimg.l4t import L4TRelease, parse_nv_tegra_release
@@ -154,6 +155,21 @@ def probe_nodes(
     on_done: Callable[[NodeOutcome[NodeProbe]], None] | None = None,
 ) -> list[NodeOutcome[NodeProbe]]:
     return for_each_node(nodes, lambda n: probe_node(ssh, n), parallel=parallel, on_done=on_done)
+
+
+def probe_fleet(
+    fleet_name: str,
+    ssh: Ssh,
+    nodes: Sequence[Node],
+    *,
+    parallel: int = 8,
+    on_done: Callable[[NodeOutcome[NodeProbe]], None] | None = None,
+) -> list[NodeOutcome[NodeProbe]]:
+    """probe_nodes, remembering where each node answered: `apply` looks for a board there
+    once the inventory gives it a new address."""
+    results = probe_nodes(ssh, nodes, parallel=parallel, on_done=on_done)
+    seen.record(fleet_name, {o.node.name: o.node.address for o in results if o.ok})
+    return results
 
 
 def probed_releases(ssh: Ssh, nodes: Sequence[Node]) -> dict[str, L4TRelease]:

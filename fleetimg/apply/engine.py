@@ -176,6 +176,12 @@ def _reach(ssh: Ssh, fleet: Fleet, node: Node, options: ApplyOptions) -> \
         seen.record(fleet.name, {node.name: at.address})
         return at, facts, fs
     assert last is not None
+    if not options.from_address and len(_candidates(fleet, node, options)) == 1:
+        # Never seen elsewhere: if the inventory holds its future address, say how to reach
+        # it where it is.
+        raise ConnectionFailed(last.message, hint=f"{last.hint}; if fleet.toml already has "
+                               f"{node.name}'s new address, pass --from OLD_ADDRESS (or run "
+                               "`fleetimg nodes probe` before editing the address)") from last
     raise last
 
 

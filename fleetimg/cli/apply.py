@@ -134,7 +134,8 @@ def _plan_json(o: NodeOutcome[NodePlan]) -> dict[str, object]:
         return {"name": o.node.name, "address": o.node.address, "ok": False,
                 "error": o.error.message if o.error else None,
                 "hint": o.error.hint if o.error else None}
-    return {"ok": True, **o.value.to_dict()}
+    return {"ok": True, **o.value.to_dict(),
+            "result": "would change" if o.value.changes else "no changes"}
 
 
 def _confirm(plan: ApplyPlan, yes: bool) -> None:

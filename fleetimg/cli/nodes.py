@@ -7,7 +7,7 @@ import click
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import emit_json, human_bytes, ok_word, render_outcomes, table
 from fleetimg.parallel import NodeOutcome
-from fleetimg.probe import NodeProbe, probe_nodes
+from fleetimg.probe import NodeProbe, probe_fleet
 
 
 @click.group(invoke_without_command=True)
@@ -49,7 +49,7 @@ def probe(app: AppContext, selection: str, parallel: int, as_json: bool) -> None
     """
     fleet = app.fleet()
     chosen = fleet.select(selection)
-    results = probe_nodes(app.ssh(), chosen, parallel=parallel)
+    results = probe_fleet(fleet.name, app.ssh(), chosen, parallel=parallel)
 
     def warnings() -> None:
         for r in results:

@@ -105,13 +105,11 @@ net_confirm() {
 # A cloned board's own identity: a new machine-id and new SSH host keys.
 reset_identity() {
   umount /etc/machine-id 2>/dev/null || true
-  rm -f /etc/machine-id
-  if command -v systemd-machine-id-setup >/dev/null 2>&1; then
-    systemd-machine-id-setup >/dev/null
-  else
-    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > /etc/machine-id
-    echo >> /etc/machine-id
-  fi
+  # Random, not systemd-machine-id-setup: that one takes the old ID back from
+  # /var/lib/dbus/machine-id, or in a container from the manager's UUID.
+  tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id.fleetimg-new
+  chmod 444 /etc/machine-id.fleetimg-new
+  mv -f /etc/machine-id.fleetimg-new /etc/machine-id
   if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
     cp /etc/machine-id /var/lib/dbus/machine-id
   fi

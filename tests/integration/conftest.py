@@ -17,6 +17,8 @@ import docker
 import pytest
 
 from fleetimg.inventory import Fleet
+from fleetimg.l4t import L4TRelease
+from fleetimg.lab.cardimage import build_bootable_card
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.lab.standin import (
     ensure_standin_base,
@@ -72,6 +74,35 @@ def lab_fleet(docker_client: docker.DockerClient, lab_config: LabConfig) -> Iter
     fleet = lab_up(lab_config)
     yield fleet
     lab_down(lab_config)
+
+
+# The lab of booted cards (card boot and apply tests share it and the card images):
+CARD_SUBNET = os.environ.get("FLEETIMG_ITEST_CARD_SUBNET", "172.29.216.0/24")
+
+
+@pytest.fixture(scope="session")
+def cards_lab(tmp_path_factory: pytest.TempPathFactory,
+              docker_client: docker.DockerClient) -> Iterator[tuple[LabConfig, Fleet]]:
+    # node4 is an Orin Nano on JetPack 6.2: its card is an R36 one.
+    config = LabConfig(name=f"{LAB_NAME}-cards", nodes=1, card_nodes=3, subnet=CARD_SUBNET,
+                       directory=tmp_path_factory.mktemp("cards-lab"),
+                       boards=((4, L4TRelease(36, 4, 3), "orin-nano"),))
+    lab_down(config)
+    fleet = lab_up(config)
+    yield config, fleet
+    lab_down(config)
+
+
+@pytest.fixture(scope="session")
+def bootable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bootable_card(tmp_path_factory.mktemp("bootable") / "bootable.img",
+                               l4t=L4TRelease(32, 7, 1))
+
+
+@pytest.fixture(scope="session")
+def bootable_orin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bootable_card(tmp_path_factory.mktemp("bootable") / "orin.img",
+                               l4t=L4TRelease(36, 4, 3))
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -23,73 +18,15 @@ import pytest
 from fleetimg import run as runmod
 from fleetimg.errors import ConnectionFailed
 from fleetimg.inventory import Fleet, load
-from fleetimg.l4t import L4TRelease
 from fleetimg.lab.boot import boot_card, booted_cards, stop_card
-from fleetimg.lab.cardimage import build_bootable_card
-from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.lab.manager import LabConfig
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.testimage import APP_START
-from fleetimg.ssh import Ssh, SshOptions
-from tests.integration.conftest import LAB_NAME, fleetimg_json
+from tests.integration.cards import on, probe_one, sdcard, ssh_to, write_card
+from tests.integration.conftest import fleetimg_json
 from tests.integration.images import build_app_image
 
 pytestmark = pytest.mark.integration
-
-CARD_SUBNET = os.environ.get("FLEETIMG_ITEST_CARD_SUBNET", "172.29.216.0/24")
-
-
-@pytest.fixture(scope="module")
-def cards_lab(tmp_path_factory: pytest.TempPathFactory,
-              docker_client: docker.DockerClient) -> Iterator[tuple[LabConfig, Fleet]]:
-    # node4 is an Orin Nano on JetPack 6.2: its card is an R36 one.
-    config = LabConfig(name=f"{LAB_NAME}-cards", nodes=1, card_nodes=3, subnet=CARD_SUBNET,
-                       directory=tmp_path_factory.mktemp("cards-lab"),
-                       boards=((4, L4TRelease(36, 4, 3), "orin-nano"),))
-    lab_down(config)
-    fleet = lab_up(config)
-    yield config, fleet
-    lab_down(config)
-
-
-@pytest.fixture(scope="module")
-def bootable(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bootable_card(tmp_path_factory.mktemp("bootable") / "bootable.img",
-                               l4t=L4TRelease(32, 7, 1))
-
-
-@pytest.fixture(scope="module")
-def bootable_orin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bootable_card(tmp_path_factory.mktemp("bootable") / "orin.img",
-                               l4t=L4TRelease(36, 4, 3))
-
-
-def sdcard(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleetimg", "-i", str(fleet.path), "sdcard",
-                           *args], capture_output=True, text=True, timeout=600, check=False,
-                          stdin=subprocess.DEVNULL)
-
-
-def write_card(fleet: Fleet, node: str, image: Path, out: Path, *extra: str) -> Path:
-    proc = sdcard(fleet, "--node", node, "--image", str(image), str(out), *extra)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
-
-
-def ssh_to(fleet: Fleet) -> Ssh:
-    return Ssh(SshOptions(known_hosts=fleet.known_hosts, connect_timeout=5))
-
-
-def probe_one(fleet: Fleet, node: str) -> dict[str, Any]:
-    """`fleetimg nodes probe --to NODE --json`, which must succeed."""
-    code, data = fleetimg_json("-i", str(fleet.path), "nodes", "probe", "--to", node)
-    assert code == 0, data
-    assert isinstance(data, list) and isinstance(data[0], dict)
-    return data[0]
-
-
-def on(fleet: Fleet, node: str, command: str) -> str:
-    return ssh_to(fleet).run(fleet.node(node), command, timeout=60).stdout.strip()
-
 
 def test_card_node_boots_and_joins_the_fleet(
     cards_lab: tuple[LabConfig, Fleet], bootable: Path, tmp_path: Path,
