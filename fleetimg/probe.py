@@ -43,6 +43,7 @@ class NodeProbe:
     l4t_package: str | None = None  # nvidia-l4t-core's exact version
     firmware: str | None = None  # QSPI/UEFI firmware ("Current version" of nvbootctrl)
     interfaces: tuple[str, ...] = ()
+    apply_pending: tuple[str, ...] = ()  # what `apply` left for --restart
 
     @property
     def jetpack(self) -> str | None:
@@ -69,6 +70,9 @@ class NodeProbe:
         if self.firstboot and self.firstboot.startswith("failed"):
             out.append(f"fleetimg first boot {self.firstboot.replace('failed:', 'failed at')} "
                        "(journalctl -u fleetimg-firstboot)")
+        if self.apply_pending:
+            out.append(f"apply changed files that need {', '.join(self.apply_pending)}: "
+                       "`fleetimg apply --restart`")
         if self.docker_error:
             out.append(self.docker_error)
         if self.l4t is None:
@@ -81,6 +85,7 @@ class NodeProbe:
         d["jetpack"] = self.jetpack
         d["docker_runtimes"] = list(self.docker_runtimes)
         d["tools"] = list(self.tools)
+        d["apply_pending"] = list(self.apply_pending)
         d["warnings"] = self.warnings
         return d
 
@@ -139,6 +144,7 @@ def parse_probe_output(node: Node, text: str) -> NodeProbe:
         l4t_package=kv.get("l4t_package") or None,
         firmware=kv.get("firmware") or None,
         interfaces=tuple(i for i in kv.get("interfaces", "").split(",") if i),
+        apply_pending=tuple(e for e in kv.get("apply_pending", "").split(",") if e),
     )
 
 

@@ -39,6 +39,11 @@ if [ -e /etc/fleetimg/firstboot.done ]; then echo "firstboot=done"
 elif [ -e /etc/fleetimg/firstboot.failed ]; then echo "firstboot=$(head -n 1 /etc/fleetimg/firstboot.failed)"
 elif [ -e /etc/fleetimg/firstboot.conf ]; then echo "firstboot=pending"
 fi
+# Restarts or a reboot `fleetimg apply` left for --restart.
+if [ -d /var/lib/fleetimg/apply ]; then
+  pending=$(sudo -n cat /var/lib/fleetimg/apply/pending 2>/dev/null | paste -sd, -)
+  [ -n "$pending" ] && echo "apply_pending=$pending"
+fi
 if command -v docker >/dev/null 2>&1; then
   D=""
   if docker version >/dev/null 2>&1; then D="docker"

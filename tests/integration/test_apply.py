@@ -159,13 +159,16 @@ def test_a_cloned_running_board_gets_its_own_identity_and_the_next_command_conne
     new_key = on(fleet, "node3", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
     assert new_id and new_id != machine_id and new_key != host_key
     # fleetimg's known_hosts trusts the new key only: the next command connects.
-    assert probe_one(fleet, "node3")["hostname"] == "node3"
+    probe = probe_one(fleet, "node3")
+    assert probe["hostname"] == "node3" and probe["apply_pending"] == ["reboot"]
+    assert any("fleetimg apply --restart" in w for w in probe["warnings"])
     known = fleet.known_hosts.read_text()
     assert new_key in known and host_key not in known
     # The reboot the new machine-id wants is remembered until --restart does it.
     code, restarted = apply(fleet, "--to", "node3", "--restart", "--yes")
     assert code == 0 and by_name(restarted)["node3"]["done"] == ["reboot"], restarted
     assert on(fleet, "node3", "cat /etc/machine-id") == new_id
+    assert probe_one(fleet, "node3")["warnings"] == []  # no drift left
     code, plan = apply(fleet, "--to", "node3", "--dry-run")
     assert by_name(plan)["node3"]["pending_from_earlier"] == []
 
