@@ -30,6 +30,10 @@ fleetimg nodes
 step "fleetimg nodes probe --to all-nodes"
 fleetimg nodes probe --to all-nodes
 
+step "fleetimg apply: running boards brought to the inventory (hostname, /etc/hosts, users, keys); a second run changes nothing"
+fleetimg apply --only network,users --yes
+fleetimg apply --only network,users --dry-run | tail -1
+
 step "fleetimg targets: NGC base per target and L4T"
 fleetimg targets | tail -20
 
