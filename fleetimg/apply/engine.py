@@ -243,22 +243,7 @@ def execute_apply(ssh: Ssh, plan: ApplyPlan,
     persist(plan.secrets)
     options = plan.options
     plans = {p.node.name: p for p in plan.plans}
-    moved: dict[str, Moved] = {}
-    failed: dict[str, FleetimgError] = {}
-
-    def move_one(node: Node) -> Moved:
-        p = plans[node.name]
-        network = next(pp for pp in p.parts if pp.concern is Concern.NETWORK)
-        return move(ssh, p.reached, p.node, network.writes, p.facts,
-                    seconds=options.rollback_seconds, on_step=on_step)
-
-    movers = [p.node for p in plans.values() if p.moves]
-    for o in for_each_node(movers, move_one, parallel=options.parallel):
-        if o.value is not None:
-            moved[o.node.name] = o.value
-            seen.record(plan.fleet.name, {o.node.name: o.value.address})
-        elif o.error is not None:
-            failed[o.node.name] = o.error
+    moved, failed = _move_all(ssh, plan, on_step)
     # Where each node really is now: a failed mover stays listed at the address it answers.
     effective = dataclasses.replace(plan.fleet, nodes=tuple(
         dataclasses.replace(n, address=plans[n.name].reached.address)
@@ -276,10 +261,34 @@ def execute_apply(ssh: Ssh, plan: ApplyPlan,
         return _finish(ssh, p, at, moved.get(node.name), options)
 
     outcomes = {o.node.name: o for o in for_each_node(
-        list(plan.fleet.node(n) for n in plans), rest, parallel=options.parallel,
+        [plan.fleet.node(n) for n in plans], rest, parallel=options.parallel,
         on_done=on_done)}
     return [outcomes.get(o.node.name) or NodeOutcome(o.node, None, o.error, o.seconds)
             for o in plan.outcomes]
+
+
+def _move_all(ssh: Ssh, plan: ApplyPlan, on_step: Callable[[str], None]) -> \
+        tuple[dict[str, Moved], dict[str, FleetimgError]]:
+    """Every node whose NetworkManager profile changes, in parallel, each with its deadline:
+    the nodes confirmed at their new address, and the errors of those that rolled back."""
+    plans = {p.node.name: p for p in plan.plans if p.moves}
+
+    def move_one(node: Node) -> Moved:
+        p = plans[node.name]
+        network = next(pp for pp in p.parts if pp.concern is Concern.NETWORK)
+        return move(ssh, p.reached, p.node, network.writes, p.facts,
+                    seconds=plan.options.rollback_seconds, on_step=on_step)
+
+    moved: dict[str, Moved] = {}
+    failed: dict[str, FleetimgError] = {}
+    for o in for_each_node([p.node for p in plans.values()], move_one,
+                           parallel=plan.options.parallel):
+        if o.value is not None:
+            moved[o.node.name] = o.value
+            seen.record(plan.fleet.name, {o.node.name: o.value.address})
+        elif o.error is not None:
+            failed[o.node.name] = o.error
+    return moved, failed
 
 
 def _finish(ssh: Ssh, p: NodePlan, at: Node, moved: Moved | None,

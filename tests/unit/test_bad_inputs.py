@@ -111,3 +111,13 @@ def test_jetpack_7_is_refused_naming_what_is_supported(tmp_path: Path, release: 
     proc = fleetimg("-i", str(inv), "nodes")
     assert_clean_error(proc, 2, f"is {name}, which fleetimg does not support yet",
                        "R36 = JetPack 6")
+
+
+def test_apply_unknown_concern_is_one_line(tmp_path: Path) -> None:
+    proc = fleetimg("-i", str(starter(tmp_path)), "apply", "--only", "users,wifi")
+    assert_clean_error(proc, 2, "unknown concern wifi", "network, users")
+
+
+def test_apply_from_names_one_board(tmp_path: Path) -> None:
+    proc = fleetimg("-i", str(starter(tmp_path)), "apply", "--from", "192.168.10.77")
+    assert_clean_error(proc, 2, "select exactly one node", "--to node4")
