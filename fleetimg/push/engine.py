@@ -224,7 +224,9 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
         return NodeResult(node.name, "imported" if k3s else "loaded",
                           out.sent if is_root else 0, out.raw, plan.send_layers,
                           elapsed if is_root else time.monotonic() - start,
-                          plan.codec.name, via=group.parents[node.name])
+                          plan.codec.name, via=group.parents[node.name],
+                          read_bytes=out.read if is_root else 0,
+                          source=out.source if is_root else None)
 
     verified = for_each_node([p.node for p in group.members], verify,
                              parallel=max(8, options.parallel))

@@ -24,6 +24,7 @@ from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
 from fleetimg.push.archive import filter_save_stream, skipped_members
+from fleetimg.push.layerstore import open_store, write_archive
 from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import K3S_IMPORT, K3S_LIST, Action, NodePlan, containerd_has
 from fleetimg.ssh import Ssh
@@ -48,6 +49,8 @@ class NodeResult:
     codec: str | None = None
     via: str | None = None  # the node that relayed the stream; None: the workstation
     note: str = ""
+    read_bytes: int = 0  # image bytes read from the local engine to make the stream
+    source: str | None = None  # where they were read: "layer-store" or "docker-save"
 
 
 # Each fleetimg process loads under its own temporary name: two pushes of one image at once
@@ -63,6 +66,8 @@ def incoming_tag(image: LocalImage) -> str:
 class StreamOutcome:
     sent: int  # compressed bytes written to ssh
     raw: int  # archive bytes before compression
+    read: int  # image bytes read from the local engine
+    source: str  # layer-store or docker-save
     rc: int  # the remote command's exit status (255: ssh itself failed)
     broken: bool  # the connection went away while sending
     output: str  # the remote command's stdout and stderr
@@ -73,17 +78,17 @@ def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> StreamOutcome:
     """Send the filtered, compressed archive into `remote_cmd` on the plan's node."""
     with tempfile.TemporaryFile() as remote_out:
-        sent, raw, rc, broken, failure = _pipeline(ssh, plan, image, remote_cmd,
-                                                   remote_out, skip_layers=skip_layers,
-                                                   repo_tag=repo_tag, progress=progress)
+        sent, raw, read, source, rc, broken, failure = _pipeline(
+            ssh, plan, image, remote_cmd, remote_out, skip_layers=skip_layers,
+            repo_tag=repo_tag, progress=progress)
         remote_out.seek(0)
         output = remote_out.read().decode(errors="replace")
-    return StreamOutcome(sent, raw, rc, broken, output, failure)
+    return StreamOutcome(sent, raw, read, source, rc, broken, output, failure)
 
 
 def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
-            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> tuple[int, int]:
-    """Run the pipeline; returns (compressed bytes sent, archive bytes)."""
+            *, skip_layers: int, repo_tag: str, progress: Progress | None) -> StreamOutcome:
+    """Run the pipeline; a failure of the node or of reading the image raises."""
     out = stream(ssh, plan, image, remote_cmd, skip_layers=skip_layers, repo_tag=repo_tag,
                  progress=progress)
     stop.check()  # the pipeline was ended by a stop, not by the node
@@ -93,28 +98,27 @@ def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
                         hint="run again: only what is still missing is sent")
     if out.failure is not None:
         raise PushError(f"{plan.node.name}: reading the local image failed: {out.failure}")
-    return out.sent, out.raw
+    return out
 
 
 def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
               remote_out: IO[bytes], *, skip_layers: int, repo_tag: str,
-              progress: Progress | None) -> tuple[int, int, int, bool, BaseException | None]:
+              progress: Progress | None) -> \
+        tuple[int, int, int, str, int, bool, BaseException | None]:
     assert plan.codec is not None
-    skip = skipped_members(image.id, image.diff_ids, skip_layers)
-    save = runmod.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
+    produce, save = archive_source(image, skip_layers, repo_tag, progress)
     comp = runmod.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
     remote = ssh.spawn(plan.node, remote_cmd, stdin=subprocess.PIPE, stdout=remote_out,
                        stderr=remote_out)
-    src, comp_in, comp_out, remote_in = save.stdout, comp.stdin, comp.stdout, remote.stdin
-    assert src and comp_in and comp_out and remote_in
-    raw = 0
+    comp_in, comp_out, remote_in = comp.stdin, comp.stdout, remote.stdin
+    assert comp_in and comp_out and remote_in
+    raw = read = 0
     failure: list[BaseException] = []
 
     def feed() -> None:
-        nonlocal raw
+        nonlocal raw, read
         try:
-            raw = filter_save_stream(src, comp_in, skip=skip, repo_tag=repo_tag,
-                                     diff_ids=image.diff_ids, progress=progress)
+            raw, read = produce(comp_in)
         except (BrokenPipeError, ConnectionError):
             pass  # the far end went away: reported by the pump
         except Exception as exc:
@@ -140,12 +144,50 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             broken = True
         rc = remote.wait()
     finally:
-        for proc in (save, comp, remote):
+        for proc in (p for p in (save, comp, remote) if p is not None):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
         feeder.join(timeout=30)
-    return sent, raw, rc, broken, failure[0] if failure else None
+    source = "docker-save" if save is not None else "layer-store"
+    return sent, raw, read, source, rc, broken, failure[0] if failure else None
+
+
+def archive_source(image: LocalImage, skip_layers: int, repo_tag: str,
+                   progress: Progress | None) -> \
+        tuple[Callable[[IO[bytes]], tuple[int, int]], subprocess.Popen[bytes] | None]:
+    """What writes the node's archive, returning (archive bytes, image bytes read): the
+    engine's layer store (only the missing layers are read) where this process can read
+    it, else `docker save` filtered on the fly (the whole image is read).
+    FLEETIMG_PUSH_SOURCE=save forces the latter."""
+    store = None if os.environ.get("FLEETIMG_PUSH_SOURCE") == "save" else open_store()
+    if store is not None and store.holds(image.id, image.diff_ids):
+        def from_store(dst: IO[bytes]) -> tuple[int, int]:
+            return write_archive(store, image.id, image.diff_ids, skip_layers, repo_tag, dst,
+                                 progress)
+        return from_store, None
+    skip = skipped_members(image.id, image.diff_ids, skip_layers)
+    save = runmod.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
+    assert save.stdout is not None
+    src = _Counting(save.stdout)
+
+    def from_save(dst: IO[bytes]) -> tuple[int, int]:
+        written = filter_save_stream(src, dst, skip=skip, repo_tag=repo_tag,  # type: ignore[arg-type]
+                                     diff_ids=image.diff_ids, progress=progress)
+        return written, src.count
+    return from_save, save
+
+
+class _Counting:
+    """A read-only stream that counts what is read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
 
 
 def load_command(plan: NodePlan) -> str:
@@ -213,13 +255,13 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
     assert plan.codec is not None
     k3s = node.runtime is Runtime.K3S
     try:
-        sent, raw = _stream(ssh, plan, image, load_command(plan),
-                            skip_layers=plan.have_layers,
-                            repo_tag=stream_tag(plan, image), progress=progress)
+        out = _stream(ssh, plan, image, load_command(plan), skip_layers=plan.have_layers,
+                      repo_tag=stream_tag(plan, image), progress=progress)
     except FleetimgError:
         if not k3s:
             drop_incoming(ssh, plan, image)
         raise
     finish(ssh, plan, image)
-    return NodeResult(node.name, "imported" if k3s else "loaded", sent, raw,
-                      plan.send_layers, time.monotonic() - start, plan.codec.name)
+    return NodeResult(node.name, "imported" if k3s else "loaded", out.sent, out.raw,
+                      plan.send_layers, time.monotonic() - start, plan.codec.name,
+                      read_bytes=out.read, source=out.source)

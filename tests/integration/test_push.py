@@ -82,16 +82,34 @@ def test_app_only_change_sends_only_the_new_layer(
     for n in data["nodes"]:
         assert n["action"] == "loaded" and n["layers_sent"] == 1
         assert n["sent_bytes"] < 0.05 * full
+    # Only the new layer was read, from the engine's layer store, not the whole image.
+    assert {n["source"] for n in data["nodes"]} - {None} == {"layer-store"}
+    assert 0 < sum(n["read_bytes"] for n in data["nodes"]) < 0.05 * full
     local_id = docker_client.images.get(v2).id
     assert node_image_id(ssh, lab_fleet, "node2", v2) == local_id
     run = ssh.run(lab_fleet.node("node2"), f"docker run --rm {v2}", timeout=120)
     assert "v2: one line changed" in run.stdout
 
 
+def test_without_the_layer_store_docker_save_reads_the_whole_image(
+    lab_fleet: Fleet, ssh: Ssh, app_v1: str, docker_client: docker.DockerClient
+) -> None:
+    v2s = build_app_image("fleetimg-test/push-app:v2-save", app="print('v2 via save')\n")
+    full = resolve_image(docker_client, v2s).size
+    code, data = fleetimg_json("-i", str(lab_fleet.path), "push", v2s,
+                               env={"FLEETIMG_PUSH_SOURCE": "save"})
+    assert code == 0, data
+    assert isinstance(data, dict)
+    assert {n["source"] for n in data["nodes"]} - {None} == {"docker-save"}
+    assert sum(n["read_bytes"] for n in data["nodes"]) >= full
+    assert [(n["action"], n["layers_sent"]) for n in data["nodes"]] == [("loaded", 1)] * 3
+    assert_every_node_has(ssh, lab_fleet, v2s, docker_client.images.get(v2s).id)
+
+
 def test_config_only_rebuild_sends_no_layer(lab_fleet: Fleet, ssh: Ssh,
                                             docker_client: docker.DockerClient) -> None:
-    # A rebuild with no code change still gets a new image ID (its created label and
-    # time); every layer is on the nodes, the top one under a config-dependent name.
+    # A rebuild that changes only the config (a label) gets a new image ID; every layer is
+    # on the nodes, the top one under a config-dependent name.
     v2 = "fleetimg-test/push-app:v2"
     relabelled = "fleetimg-test/push-app:v2-relabelled"
     docker_client.images.build(fileobj=io.BytesIO(f"FROM {v2}\nLABEL rebuilt=yes\n".encode()),
