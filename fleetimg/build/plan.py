@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +65,30 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def source_date_epoch(directory: Path) -> int:
+    """The time a build says it was made: SOURCE_DATE_EPOCH when set (reproducible-builds.org),
+    else the last commit that touched the target's directory, else its newest file. Never
+    the wall clock: a rebuild without a change must keep the image ID, or every push sends a
+    new config to every node."""
+    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if env.isdigit():
+        return int(env)
+    committed = _git("-C", str(directory), "log", "-1", "--format=%ct", "--", ".")
+    if committed and committed.isdigit():
+        return int(committed)
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return int(max((p.stat().st_mtime for p in files), default=0))
+
+
 def _source_labels(directory: Path, target: Target) -> dict[str, str]:
-    revision = _git("-C", str(directory), "rev-parse", "HEAD") or "unknown"
+    # The last commit of the target's own files: commits elsewhere keep the image ID.
+    revision = _git("-C", str(directory), "log", "-1", "--format=%H", "--", ".") or "unknown"
+    if revision != "unknown" and _git("-C", str(directory), "status", "--porcelain", "--", "."):
+        revision += "-dirty"
     source = _git("-C", str(directory), "config", "--get", "remote.origin.url")
+    created = dt.datetime.fromtimestamp(source_date_epoch(directory), dt.timezone.utc)
     return {
-        "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "org.opencontainers.image.revision": revision,
         "org.opencontainers.image.source": source or f"fleetimg dockerfiles/{target.name}",
         "org.opencontainers.image.title": target.name,
@@ -109,6 +128,9 @@ def plan_build(
             **{k: computed[k] for k in target.args}}
     if standin:
         args.update(target.standin_args)
+    # BuildKit 0.11+ (buildx) also stamps the config and history with it; older BuildKit
+    # (Docker 20.10's) ignores an argument no ARG declares.
+    args["SOURCE_DATE_EPOCH"] = str(source_date_epoch(directory))
     labels = {
         **_source_labels(directory, target),
         "io.fleetimg.target": target.name,

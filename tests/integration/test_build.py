@@ -100,6 +100,15 @@ def test_pytorch_builds_on_standin_and_runs_its_worker(standin_pytorch: str) -> 
                                "--tag", "itest/pytorch:dev")
     assert code == 0, data
     assert "self-test ok" in str(built(data)["smoke"])
+    first = docker.from_env().images.get("itest/pytorch:dev")
+    created = first.labels["org.opencontainers.image.created"]
+    # Rebuilt without a change: the same image ID (no wall-clock label), so a push of it to
+    # nodes that have it is "skipped", not "config and manifest sent".
+    code, data = fleetimg_json("build", "pytorch", "--l4t", "R32.7.1", "--standin",
+                               "--tag", "itest/pytorch:dev", "--no-smoke")
+    assert code == 0, data
+    again = docker.from_env().images.get("itest/pytorch:dev")
+    assert again.id == first.id and again.labels["org.opencontainers.image.created"] == created
 
 
 @pytest.mark.slow
