@@ -18,6 +18,7 @@ from fleetimg.errors import ClonedImage, DriveRefused, UsageError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.sdcard import drives
+from fleetimg.sdcard.bmap import write_bmap
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.inspect import CLONED_EXPLANATION, RootfsReport, inspect_rootfs
 from fleetimg.sdcard.overlay import (
@@ -88,6 +89,7 @@ class CardResult:
     verified: bool
     overlay: list[dict[str, object]] = field(default_factory=list)
     notes: tuple[str, ...] = ()
+    bmap: str | None = None  # the block map beside an image-file card (bmaptool copy)
 
 
 def prepare_source(image: Path, progress: Callable[[int, int], None] | None = None) -> SourceImage:
@@ -204,6 +206,7 @@ def write_card(plan: CardPlan, options: SdcardOptions,
     else:
         written_path = plan.target.with_name(plan.target.name + ".part")
         fd = open_file_target(written_path, wplan.image_bytes)
+    bmap_part = plan.target.with_name(plan.target.name + ".bmap.part")
     try:
         try:
             digest = write_mapped(wplan, fd, lambda n: report("write", n, wplan.mapped_bytes))
@@ -217,11 +220,14 @@ def write_card(plan: CardPlan, options: SdcardOptions,
         apply_overlay(fs, plan.overlay)
         verify_overlay(fs, plan.overlay)
         report("overlay", len(plan.overlay.files), len(plan.overlay.files))
+        if not plan.is_device:
+            write_bmap(written_path, bmap_part)
     except BaseException:
         # A half-written card never looks finished: an image file's .part goes, and a
         # device is named as unfinished (it holds part of an image and will not boot).
         if not plan.is_device:
             written_path.unlink(missing_ok=True)
+            bmap_part.unlink(missing_ok=True)
         elif stop.requested():
             stop.note_unfinished(f"{plan.node.name}: {plan.target} was only partly written "
                                  "and will not boot; write it again")
@@ -229,11 +235,18 @@ def write_card(plan: CardPlan, options: SdcardOptions,
     if not plan.is_device:
         stop.check()
         written_path.replace(plan.target)
+        bmap_part.replace(bmap_path(plan.target))
     return CardResult(
         node=plan.node.name, target=str(plan.target), image_bytes=wplan.image_bytes,
         written_bytes=wplan.mapped_bytes, seconds=time.monotonic() - start,
         verified=options.verify, overlay=plan.overlay.summary(), notes=plan.overlay.notes,
+        bmap=None if plan.is_device else str(bmap_path(plan.target)),
     )
+
+
+def bmap_path(image: Path) -> Path:
+    """Where bmaptool looks for an image's block map first: IMAGE.bmap."""
+    return image.with_name(image.name + ".bmap")
 
 
 def write_cards(

@@ -49,6 +49,14 @@ def test_node_image_has_identity_network_and_user(
     assert result.verified and out.exists() and not Path(f"{out}.part").exists()
     fs = app_fs(out)
     assert fs.read_text("/etc/hostname") == "node2\n"
+    # Beside it, its block map: bmaptool flashes it (checking every range's sha256) and the
+    # copy holds the same node.
+    assert result.bmap == f"{out}.bmap" and Path(result.bmap).is_file()
+    copy = tmp_path / "flashed.img"
+    runmod.run(["truncate", "-s", str(out.stat().st_size), str(copy)])
+    runmod.run(["bmaptool", "copy", "--bmap", result.bmap, str(out), str(copy)])
+    assert app_fs(copy).read_text("/etc/hostname") == "node2\n"
+    app_fs(copy).fsck()
     hosts = fs.read_text("/etc/hosts") or ""
     # Its own name resolves to its fleet address (Gloo binds it), never 127.0.1.1.
     assert "192.168.10.12\tnode2" in hosts and "127.0.1.1" not in hosts
