@@ -69,12 +69,73 @@ if [ -z "$load" ]; then
     exit 70
 fi
 
+# tee writes each block to every output in turn, so an output that takes nothing holds
+# this node's load and every other child still. The watchdog cuts off an output that has
+# taken no byte for $stall seconds while tee waits on it: this node's own load, or a child
+# that is not itself reporting a stall further down (a child waiting on its own child says
+# so every second on its stderr, which lands in $dir/ID.out here; a frozen one says
+# nothing). tee -p then goes on with the others. Where tee waits is read from /proc (the
+# write syscall and its file descriptor).
+stall=8
+watchdog() {
+    local tee=$1 write since=0 last="" now nr fd target name i size heard=0 osize=-1
+    case $(uname -m) in aarch64|arm64) write=64 ;; x86_64|amd64) write=1 ;; *) return 0 ;; esac
+    while kill -0 "$tee" 2>/dev/null; do
+        sleep 1
+        now=$(awk '/^wchar/ { print $2 }' "/proc/$tee/io" 2>/dev/null) || return 0
+        read -r nr fd _ < "/proc/$tee/syscall" 2>/dev/null || return 0
+        if [ "$nr" != "$write" ] || [ "$now" != "$last" ]; then
+            last=$now
+            since=0
+            osize=-1
+            continue
+        fi
+        since=$((since + 1))
+        target=$(readlink "/proc/$tee/fd/$((fd))") || continue
+        name=$(basename "$target" .fifo)
+        echo "fleetimg-relay: $me waiting on $name for $since s" >&2
+        if [ "$name" != self ]; then
+            size=$(stat -c %s "$dir/$name.out" 2>/dev/null || echo 0)
+            if [ "$size" != "$osize" ]; then
+                osize=$size
+                heard=$since
+            fi
+            # Still talking: it is cutting off something below it.
+            [ $((since - heard)) -ge 3 ] || continue
+        fi
+        [ "$since" -ge "$stall" ] || continue
+        since=0
+        osize=-1
+        if [ "$name" = self ]; then
+            echo "fleetimg-relay: $me cut off by itself: its load took nothing for $stall s" >&2
+            pkill -P "$load_pid" 2>/dev/null
+            kill "$load_pid" 2>/dev/null
+        else
+            for i in "${!ids[@]}"; do
+                [ "${ids[$i]}" = "$name" ] && kill "${pids[$i]}" 2>/dev/null
+            done
+            echo "fleetimg-relay: $name cut off by $me: took nothing for $stall s" >&2
+        fi
+    done
+}
+
 if [ ${#fifos[@]} -eq 0 ]; then
     sh -c "$load"
     rc=$?
 else
-    tee -p "${fifos[@]}" | sh -c "$load"
+    mkfifo "$dir/self.fifo"
+    sh -c "$load" < "$dir/self.fifo" &
+    load_pid=$!
+    # An explicit redirection: a background job would otherwise read /dev/null.
+    tee -p "$dir/self.fifo" "${fifos[@]}" <&0 > /dev/null &
+    tee_pid=$!
+    watchdog "$tee_pid" &
+    watchdog_pid=$!
+    wait "$tee_pid"
+    wait "$load_pid"
     rc=$?
+    kill "$watchdog_pid" 2>/dev/null
+    wait "$watchdog_pid" 2>/dev/null
 fi
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}"
@@ -82,7 +143,7 @@ for i in "${!pids[@]}"; do
     # The workstation reads these lines to say which hop broke: first the reports from
     # further down, then this hop's own exit status and the last thing it printed.
     out="$dir/${ids[$i]}.out"
-    grep '^fleetimg-relay: ' "$out" >&2
+    grep '^fleetimg-relay: ' "$out" | grep -v ' waiting on ' >&2
     last=$(grep -v '^fleetimg-relay: ' "$out" | tail -n 1)
     echo "fleetimg-relay: ${ids[$i]} exit $child $last" >&2
 done

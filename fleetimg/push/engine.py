@@ -23,6 +23,7 @@ from fleetimg.push.relay import (
     Fanout,
     RelayGroup,
     arrange,
+    parse_cuts,
     parse_reports,
     remote_command,
 )
@@ -246,6 +247,9 @@ def why_missing(group: RelayGroup, name: str, missing: set[str], out: StreamOutc
                 reports: dict[str, tuple[int, str]]) -> str:
     """Where the stream to `name` broke: at its own hop, or at a relay above it."""
     parent = group.parents[name]
+    cut = parse_cuts(out.output).get(name)
+    if cut is not None:
+        return f"cut off {cut}"
     if parent is not None and parent in missing:
         top = parent
         while (up := group.parents[top]) is not None and up in missing:

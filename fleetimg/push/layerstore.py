@@ -34,6 +34,7 @@ from typing import IO
 import docker
 from docker.errors import DockerException
 
+from fleetimg import stop
 from fleetimg.errors import PushError
 from fleetimg.push.archive import BUFSIZE, chain_ids
 
@@ -144,6 +145,7 @@ def layer_chunks(store: LayerStore, chain_id: str) -> Iterator[bytes]:
         left = size
         with path.open("rb") as fh:
             while left:
+                stop.check()  # a stop ends the stream at once, as it ends `docker save`
                 chunk = fh.read(min(BUFSIZE, left))
                 if not chunk:
                     raise PushError(f"layer {chain_id[:19]}: {_name(e)} is shorter than the "

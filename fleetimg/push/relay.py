@@ -211,6 +211,7 @@ def remote_command(name: str, table: str, *, check: bool = False) -> str:
 
 _REPORT = re.compile(r"^fleetimg-relay: (\S+) exit (\d+) ?(.*)$")
 _EDGE = re.compile(r"^fleetimg-relay: edge (\S+) (ok|failed)(?:: (.*))?$")
+_CUT = re.compile(r"^fleetimg-relay: (\S+) cut off (by .*)$")
 
 
 def parse_reports(output: str) -> dict[str, tuple[int, str]]:
@@ -221,6 +222,16 @@ def parse_reports(output: str) -> dict[str, tuple[int, str]]:
         if m:
             reports[m.group(1)] = (int(m.group(2)), m.group(3).strip())
     return reports
+
+
+def parse_cuts(output: str) -> dict[str, str]:
+    """Nodes a watchdog cut off (relay.sh, or the workstation's) and why."""
+    cuts: dict[str, str] = {}
+    for line in output.splitlines():
+        m = _CUT.match(line.strip())
+        if m:
+            cuts[m.group(1)] = m.group(2).strip()
+    return cuts
 
 
 def parse_edges(output: str) -> dict[str, str | None]:

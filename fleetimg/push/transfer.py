@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -82,7 +82,8 @@ def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             ssh, plan, image, remote_cmd, remote_out, skip_layers=skip_layers,
             repo_tag=repo_tag, progress=progress)
         remote_out.seek(0)
-        output = remote_out.read().decode(errors="replace")
+        output = "\n".join(ln for ln in remote_out.read().decode(errors="replace").splitlines()
+                           if not (ln.startswith("fleetimg-relay: ") and " waiting on " in ln))
     return StreamOutcome(sent, raw, read, source, rc, broken, output, failure)
 
 
@@ -129,11 +130,13 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
 
     feeder = threading.Thread(target=feed, daemon=True, name=f"feed-{plan.node.name}")
     feeder.start()
+    watch = _StallWatch(remote, plan.node.name, remote_out)
     sent, broken, rc = 0, False, -1
     try:
         while chunk := comp_out.read(CHUNK):
             try:
-                remote_in.write(chunk)
+                with watch.writing():
+                    remote_in.write(chunk)
             except OSError:
                 broken = True
                 break
@@ -144,13 +147,68 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             broken = True
         rc = remote.wait()
     finally:
+        watch.close()
         for proc in (p for p in (save, comp, remote) if p is not None):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        feeder.join(timeout=30)
+    if watch.stalled:
+        remote_out.seek(0, os.SEEK_END)  # ssh wrote through its own descriptor
+        remote_out.write(f"\nfleetimg-relay: {plan.node.name} cut off by the workstation: "
+                         f"took nothing for {STALL_SECONDS} s\n".encode())
+        # After a stop the feeder is abandoned quickly: it only reads local files.
+        feeder.join(timeout=2 if stop.requested() else 30)
     source = "docker-save" if save is not None else "layer-store"
     return sent, raw, read, source, rc, broken, failure[0] if failure else None
+
+
+# A node that takes no byte for this long is cut off (hung, frozen or paused, or its
+# `docker load` stopped); relay.sh applies the same rule to each hop below.
+STALL_SECONDS = 8
+# A relay that reports waiting on a node below it is dealing with that stall itself.
+_TALKING = 3.0
+
+
+class _StallWatch:
+    """Ends the ssh to a node whose stream write has not returned for STALL_SECONDS: a node
+    that stays alive but stops reading would otherwise hold the push until TCP gives up.
+    A relay that keeps printing (relay.sh says every second which hop it waits on) is left
+    to cut off the hop below it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str, output: IO[bytes]) -> None:
+        self.proc, self.name, self.output = proc, name, output
+        self.since: float | None = None
+        self.stalled = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"stall-{name}")
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+
+    def _run(self) -> None:
+        size, heard = -1, time.monotonic()
+        while not self._done.wait(0.5):
+            now = time.monotonic()
+            with contextlib.suppress(OSError, ValueError):
+                grown = os.fstat(self.output.fileno()).st_size
+                if grown != size:
+                    size, heard = grown, now
+            since = self.since
+            if since is not None and now - since > STALL_SECONDS and now - heard > _TALKING:
+                log.info("%s took nothing for %d s: cutting it off", self.name, STALL_SECONDS)
+                self.stalled = True
+                self.proc.kill()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
 
 
 def archive_source(image: LocalImage, skip_layers: int, repo_tag: str,

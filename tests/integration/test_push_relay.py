@@ -238,3 +238,70 @@ def test_relay_node_killed_mid_transfer_downstream_still_finishes(
     assert isinstance(data, dict)
     actions = {n["node"]: n["action"] for n in data["nodes"]}
     assert actions == {"node1": "skipped", "node2": "loaded", "node3": "skipped"}
+
+
+STALLING_DOCKER = """#!/bin/sh
+# Test stand-in: the first `docker load` stays alive and reads nothing, as a `docker load`
+# stopped with SIGSTOP does; everything else is the real docker.
+if [ "$1" = load ] && [ ! -e /tmp/fleetimg-test-stalled ]; then
+    touch /tmp/fleetimg-test-stalled
+    exec sleep 600
+fi
+exec /usr/bin/docker "$@"
+"""
+
+
+def test_a_relay_whose_load_stops_reading_cuts_it_off_and_the_chain_goes_on(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
+) -> None:
+    big = build_app_image("fleetimg-test/relay:stall", app="print('stall')\n", blob_mb=48)
+    node2 = docker_client.containers.get(lab_config.container(2))
+    node2.exec_run(["sh", "-c", f"rm -f /tmp/fleetimg-test-stalled; cat > /usr/local/bin/docker "
+                    f"<<'EOF'\n{STALLING_DOCKER}EOF\nchmod 755 /usr/local/bin/docker"])
+    try:
+        code, data = fleetimg_json("-i", str(lab_fleet.path), "push", big, "--fanout", "chain")
+    finally:
+        node2.exec_run(["rm", "-f", "/usr/local/bin/docker"])
+    assert code == 0, data
+    assert isinstance(data, dict)
+    nodes = {n["node"]: n for n in data["nodes"]}
+    # node2 cut its own load off and went on relaying: node3 got the stream in the chain.
+    assert nodes["node3"]["via"] == "node2" and nodes["node3"]["note"] == "", nodes
+    assert "cut off by itself" in nodes["node2"]["note"], nodes
+    image_id = docker_client.images.get(big).id
+    assert_every_node_has(ssh, lab_fleet, big, image_id)
+
+
+def test_a_paused_relay_is_cut_off_and_the_rest_of_the_fleet_finishes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
+) -> None:
+    big = build_app_image("fleetimg-test/relay:pause", app="print('pause')\n", blob_mb=64)
+    image = resolve_image(docker_client, big)
+    options = PushOptions(parallel=3, fanout=Fanout("chain"),
+                          relay_auth=RelayAuth.INTERNAL_KEY)
+    plans = preflight(ssh, lab_fleet.nodes, image, options)
+    victim = docker_client.containers.get(lab_config.container(2))
+    handled = [0]
+
+    def progress_for(plan: NodePlan) -> Progress | None:
+        def on(n: int) -> None:
+            handled[0] += n
+            if handled[0] > 16 << 20 and victim.status != "paused":
+                victim.pause()  # alive, but takes nothing: a hung board
+                victim.reload()
+        return on
+
+    try:
+        report = execute(ssh, image, plans, options, progress_for)
+    finally:
+        victim.reload()
+        if victim.status == "paused":
+            victim.unpause()
+    by_name = {r.node.name: r for r in report.results}
+    assert by_name["node1"].ok and by_name["node3"].ok, report.results
+    assert not by_name["node2"].ok
+    assert "cut off by node1" in str(by_name["node2"].error), by_name["node2"].error
+    node3 = by_name["node3"].value  # below node2 in the chain: fed again
+    assert node3 is not None and "node2" in node3.note, node3
+    assert node_image_id(ssh, lab_fleet, "node3", big) == image.id
+    wait_back(ssh, lab_fleet, "node2")

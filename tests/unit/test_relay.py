@@ -153,16 +153,24 @@ def test_why_a_node_was_missed_points_at_the_break() -> None:
     group = RelayGroup(plans, topology(names, Fanout("chain", 1)), "")
     assert group.describe() == "workstation -> node1 -> node2 -> node3 -> node4 -> node5"
     assert group.below("node3") == ["node4", "node5"]
-    out = StreamOutcome(100, 200, 0, False, "fleetimg-relay: node3 exit 255 Broken pipe\n", None)
+    out = StreamOutcome(100, 200, 200, "layer-store", 0, False,
+                        "fleetimg-relay: node3 exit 255 Broken pipe\n", None)
     reports = parse_reports(out.output)
     missing = {"node3", "node4", "node5"}
     assert why_missing(group, "node3", missing, out, reports) == \
         "relay node2 -> node3 ended with exit 255 (Broken pipe)"
     assert why_missing(group, "node5", missing, out, reports) == \
         "cut off: the stream broke at node3, above it in the relay"
-    lost = StreamOutcome(5, 10, 255, True, "client_loop: send disconnect\n", None)
+    lost = StreamOutcome(5, 10, 10, "docker-save", 255, True,
+                         "client_loop: send disconnect\n", None)
     assert why_missing(group, "node1", set(names), lost, {}) == \
         "stream from the workstation ended with exit 255 (client_loop: send disconnect)"
+    # A watchdog's cut, by a relay or by the workstation, is named as such.
+    cut = StreamOutcome(100, 200, 200, "layer-store", 0, False,
+                        "fleetimg-relay: node4 cut off by node3: took nothing for 8 s\n"
+                        "fleetimg-relay: node4 exit 143\n", None)
+    assert why_missing(group, "node4", {"node4", "node5"}, cut, parse_reports(cut.output)) == \
+        "cut off by node3: took nothing for 8 s"
     tree = RelayGroup(plans, topology(names, Fanout("tree", 2)), "")
     assert tree.describe() == "workstation -> node1 -> (node2 -> (node4, node5), node3)"
     assert why_missing(tree, "node3", {"node3"}, out, {}) == "no report from its relay node1"
