@@ -8,10 +8,13 @@ import os
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+from docker.models.containers import Container
 
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet, RelayAuth
@@ -196,28 +199,41 @@ def test_relay_without_a_chosen_login_is_refused_before_sending(lab_fleet: Fleet
         inv.unlink()
 
 
-def test_relay_node_killed_mid_transfer_downstream_still_finishes(
-    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
-) -> None:
-    big = build_app_image("fleetimg-test/relay:kill", app="print('kill')\n", blob_mb=64)
-    image = resolve_image(docker_client, big)
+def push_chain_and_break(fleet: Fleet, ssh: Ssh, client: docker.DockerClient,
+                         config: LabConfig, tag: str,
+                         act: Callable[[Container], None]) -> tuple[str, Any, Any]:
+    """Push a 64 MB image along node1 -> node2 -> node3 and do `act` to node2's container
+    once 16 MB have left the workstation. Returns (image, its LocalImage, the report)."""
+    big = build_app_image(tag, app=f"print({tag!r})\n", blob_mb=64)
+    image = resolve_image(client, big)
     options = PushOptions(parallel=3, fanout=Fanout("chain"),
                           relay_auth=RelayAuth.INTERNAL_KEY)
-    plans = preflight(ssh, lab_fleet.nodes, image, options)
-    victim = docker_client.containers.get(lab_config.container(2))
+    plans = preflight(ssh, fleet.nodes, image, options)
+    victim = client.containers.get(config.container(2))
     handled = [0]
+    acted = [False]
 
     def progress_for(plan: NodePlan) -> Progress | None:
         assert plan.node.name == "node1"  # the only stream leaving the workstation
 
         def on(n: int) -> None:
             handled[0] += n
-            if handled[0] > 16 << 20 and victim.status != "exited":
-                victim.kill()  # the relaying board loses power mid-stream
-                victim.reload()
+            if handled[0] > 16 << 20 and not acted[0]:
+                acted[0] = True
+                act(victim)
         return on
 
-    report = execute(ssh, image, plans, options, progress_for)
+    return big, image, execute(ssh, image, plans, options, progress_for)
+
+
+def test_relay_node_killed_mid_transfer_downstream_still_finishes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
+) -> None:
+    victim = docker_client.containers.get(lab_config.container(2))
+    # The relaying board loses power mid-stream.
+    big, image, report = push_chain_and_break(lab_fleet, ssh, docker_client, lab_config,
+                                              "fleetimg-test/relay:kill", lambda c: c.kill())
+    victim.reload()
     by_name = {r.node.name: r for r in report.results}
     assert victim.status == "exited"
     assert by_name["node1"].ok and by_name["node3"].ok, report.results
@@ -275,24 +291,12 @@ def test_a_relay_whose_load_stops_reading_cuts_it_off_and_the_chain_goes_on(
 def test_a_paused_relay_is_cut_off_and_the_rest_of_the_fleet_finishes(
     lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient, lab_config: LabConfig
 ) -> None:
-    big = build_app_image("fleetimg-test/relay:pause", app="print('pause')\n", blob_mb=64)
-    image = resolve_image(docker_client, big)
-    options = PushOptions(parallel=3, fanout=Fanout("chain"),
-                          relay_auth=RelayAuth.INTERNAL_KEY)
-    plans = preflight(ssh, lab_fleet.nodes, image, options)
     victim = docker_client.containers.get(lab_config.container(2))
-    handled = [0]
-
-    def progress_for(plan: NodePlan) -> Progress | None:
-        def on(n: int) -> None:
-            handled[0] += n
-            if handled[0] > 16 << 20 and victim.status != "paused":
-                victim.pause()  # alive, but takes nothing: a hung board
-                victim.reload()
-        return on
-
     try:
-        report = execute(ssh, image, plans, options, progress_for)
+        # Alive, but takes nothing: a hung board.
+        big, image, report = push_chain_and_break(
+            lab_fleet, ssh, docker_client, lab_config, "fleetimg-test/relay:pause",
+            lambda c: c.pause())
     finally:
         victim.reload()
         if victim.status == "paused":
