@@ -32,6 +32,7 @@ def cli(ctx: click.Context, inventory_path: Path | None, verbose: bool) -> None:
 
     \b
       fleetimg nodes probe            what every board runs (L4T, Docker, disk)
+      fleetimg apply --dry-run        what running boards differ from fleet.toml
       fleetimg doctor                 is this workstation ready?
       fleetimg lab up --nodes 3       rehearse on local containers first
     """
