@@ -3,6 +3,7 @@ node's failure never stops the others."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -12,20 +13,23 @@ from dataclasses import dataclass, field
 
 import docker
 
+from fleetimg import remote, stop
 from fleetimg import run as runmod
-from fleetimg import stop
 from fleetimg.errors import ConnectionFailed, FleetimgError
 from fleetimg.inventory import Node, RelayAuth, Runtime
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import LocalImage, assign_images
-from fleetimg.push.plan import Action, NodePlan, plan_push
+from fleetimg.push.plan import CODECS, Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
     RelayGroup,
     arrange,
+    build_table,
+    known_host_lines,
     parse_cuts,
     parse_reports,
     remote_command,
+    topology,
 )
 from fleetimg.push.transfer import (
     NodeResult,
@@ -33,6 +37,7 @@ from fleetimg.push.transfer import (
     StreamOutcome,
     drop_incoming,
     finish,
+    incoming_tag,
     push_node,
     stream,
     stream_tag,
@@ -240,7 +245,9 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
     gone = [dataclasses.replace(v, error=_with_reason(v.error, why[v.node.name]))
             for v in verified if isinstance(v.error, ConnectionFailed)]
     again = [v.node for v in verified if not v.ok and not isinstance(v.error, ConnectionFailed)]
-    return results + gone + refeed(ssh, image, again, why, options, round_=round_ + 1)
+    sources = [group.plan(v.node.name) for v in results]
+    return results + gone + refeed(ssh, image, again, why, options, round_=round_ + 1,
+                                   sources=sources)
 
 
 def why_missing(group: RelayGroup, name: str, missing: set[str], out: StreamOutcome,
@@ -269,10 +276,13 @@ def why_missing(group: RelayGroup, name: str, missing: set[str], out: StreamOutc
 
 
 def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, str],
-           options: PushOptions, *, round_: int) -> list[NodeOutcome[NodeResult]]:
+           options: PushOptions, *, round_: int,
+           sources: Sequence[NodePlan] = ()) -> list[NodeOutcome[NodeResult]]:
     """Deliver again to nodes a relay did not reach. They are planned again (a node may be
-    gone, or hold some layers now); the reachable ones relay among themselves once more
-    (one copy from here, not one each), and after that round only direct sends are tried."""
+    gone, or hold some layers now). A node that has the image now feeds them over the
+    fleet's own network where it can (one hop, not the workstation's uplink); else the
+    reachable ones relay among themselves once more (one copy from here, not one each),
+    and after that round only direct sends are tried."""
     if not nodes:
         return []
     stop.check()
@@ -282,6 +292,7 @@ def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, st
         NodeOutcome(p.node, None, _with_reason(p.error, why[p.node.name]), p.seconds)
         for p in replans if p.error is not None]
     ready = [p for p in replans if p.value is not None]
+    fed, ready = _feed_from_node(ssh, image, ready, sources, options, why)
     retry = dataclasses.replace(options, fanout=Fanout("direct")) \
         if round_ > MAX_RELAY_ROUNDS else options
     delivery = arrange_delivery(ssh, ready, retry)
@@ -296,7 +307,50 @@ def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, st
              if o.value is not None else
              dataclasses.replace(o, error=_with_reason(o.error, why[o.node.name]))
              for o in results]
-    return gone + noted
+    return gone + fed + noted
+
+
+def _feed_from_node(ssh: Ssh, image: LocalImage, ready: list[NodeOutcome[NodePlan]],
+                    sources: Sequence[NodePlan], options: PushOptions, why: dict[str, str],
+                    ) -> tuple[list[NodeOutcome[NodeResult]], list[NodeOutcome[NodePlan]]]:
+    """Re-feed Docker nodes from a Docker node that has the image now: it saves the image
+    under the temporary name and relays it down a chain of them, loading nothing itself.
+    Returns the nodes it delivered to, and the plans still to deliver (all of them when no
+    source can, or when a node it fed is still missing)."""
+    source = next((s for s in sources if s.node.runtime is Runtime.DOCKER and s.probe
+                   and "zstd" in s.probe.tools), None)
+    takers = [p for p in ready if p.value is not None and p.value.action is Action.SEND
+              and p.value.node.runtime is Runtime.DOCKER and p.value.codec is not None
+              and p.value.codec.name == "zstd"]
+    if source is None or options.relay_auth is None or not takers:
+        return [], ready
+    plans = [source, *(p.value for p in takers if p.value is not None)]
+    names = [p.node.name for p in plans]
+    parents = topology(names, Fanout("chain", 1))
+    table = build_table(plans, parents, options.relay_auth,
+                        known_host_lines(ssh.options.known_hosts, [p.node for p in plans[1:]]),
+                        loads={source.node.name: "cat > /dev/null"})
+    temp, d = incoming_tag(image), source.docker
+    command = (f"{remote.docker(d, 'tag', image.id, temp)} && "
+               f"{remote.docker(d, 'save', temp)} | {' '.join(CODECS['zstd'].compress)} | "
+               f"{remote_command(source.node.name, table)}; rc=$?; "
+               f"{remote.docker(d, 'rmi', temp)} >/dev/null 2>&1; exit $rc")
+    start = time.monotonic()
+    with contextlib.suppress(FleetimgError):  # whoever it missed is delivered from here
+        ssh.run(source.node, command, timeout=3600, check=False)
+
+    def verify(node: Node) -> NodeResult:
+        plan = next(p for p in plans if p.node.name == node.name)
+        finish(ssh, plan, image)
+        return NodeResult(node.name, "loaded", 0, 0, plan.send_layers,
+                          time.monotonic() - start, "zstd", via=parents[node.name],
+                          note=f"re-fed from {source.node.name}: {why[node.name]}")
+
+    verified = for_each_node([p.node for p in plans[1:]], verify,
+                             parallel=max(8, options.parallel))
+    fed = [v for v in verified if v.ok]
+    done = {v.node.name for v in fed}
+    return fed, [p for p in ready if p.node.name not in done]
 
 
 def discard_incoming(ssh: Ssh, plans: Sequence[NodePlan], image: LocalImage) -> None:

@@ -190,14 +190,18 @@ def known_host_lines(known_hosts: Path, nodes: Sequence[Node]) -> list[str]:
 
 
 def build_table(members: Sequence[NodePlan], parents: Mapping[str, str | None],
-                auth: RelayAuth, host_lines: Sequence[str]) -> str:
+                auth: RelayAuth, host_lines: Sequence[str],
+                loads: Mapping[str, str] | None = None) -> str:
+    """`loads`: a node's own command instead of its load (a source node that has the image
+    already relays without loading)."""
     rows = [f"A key {NODE_KEY_PATH}" if auth is RelayAuth.INTERNAL_KEY else "A agent"]
     rows += [f"K {line}" for line in host_lines]
     for plan in members:
         node = plan.node
         parent = parents[node.name] or "-"
+        load = (loads or {}).get(node.name) or load_command(plan)
         rows.append(f"N {node.name} {parent} {node.user}@{node.address} {node.port} "
-                    f"{_b64(load_command(plan))}")
+                    f"{_b64(load)}")
     return _b64("\n".join(rows) + "\n")
 
 

@@ -242,6 +242,9 @@ def test_relay_node_killed_mid_transfer_downstream_still_finishes(
     assert "node2" in by_name["node2"].error.message
     node3 = by_name["node3"].value
     assert node3 is not None and "node2" in node3.note
+    # Re-fed by node1, which has the image now: one hop, nothing more from the workstation.
+    assert node3.via == "node1" and "re-fed from node1" in node3.note, node3
+    assert node3.sent_bytes == 0
     assert node_image_id(ssh, lab_fleet, "node3", big) == image.id
     assert node_image_id(ssh, lab_fleet, "node1", big) == image.id
 
@@ -305,7 +308,7 @@ def test_a_paused_relay_is_cut_off_and_the_rest_of_the_fleet_finishes(
     assert by_name["node1"].ok and by_name["node3"].ok, report.results
     assert not by_name["node2"].ok
     assert "cut off by node1" in str(by_name["node2"].error), by_name["node2"].error
-    node3 = by_name["node3"].value  # below node2 in the chain: fed again
-    assert node3 is not None and "node2" in node3.note, node3
+    node3 = by_name["node3"].value  # below node2 in the chain: fed again, by node1
+    assert node3 is not None and "node2" in node3.note and node3.via == "node1", node3
     assert node_image_id(ssh, lab_fleet, "node3", big) == image.id
     wait_back(ssh, lab_fleet, "node2")

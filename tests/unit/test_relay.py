@@ -122,6 +122,11 @@ def test_table_carries_login_host_keys_and_each_nodes_load_command() -> None:
     assert rows[2].split()[2] == "-"
     agent = base64.b64decode(build_table(plans, parents, RelayAuth.AGENT, [])).decode()
     assert agent.splitlines()[0] == "A agent"
+    # A node that has the image already re-feeds others without loading it again.
+    source = base64.b64decode(build_table(plans, parents, RelayAuth.INTERNAL_KEY, [],
+                                          loads={"node1": "cat > /dev/null"})).decode()
+    n1 = source.splitlines()[1].split()
+    assert base64.b64decode(n1[5]).decode() == "cat > /dev/null"
 
 
 def test_remote_command_needs_no_nested_quoting() -> None:
