@@ -63,8 +63,3 @@ def run_steps(ssh: Ssh, node: Node, steps: Sequence[str], files: Sequence[FileSp
         return ssh.run(node, "sudo -n sh -s", input=script, timeout=timeout).stdout
     except CommandError as exc:
         raise need_sudo(node, exc) from exc
-
-
-def install(ssh: Ssh, node: Node, writes: Writes) -> None:
-    if writes:
-        run_steps(ssh, node, write_steps(writes), writes.files)

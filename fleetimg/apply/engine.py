@@ -68,7 +68,6 @@ class NodePlan:
     node: Node  # as the inventory describes it
     reached: Node  # where it answered (its address may be the old one)
     facts: BoardFacts
-    fs: BoardFs
     parts: tuple[PartPlan, ...]
     reset: tuple[Change, ...]
     notes: tuple[str, ...]
@@ -165,18 +164,17 @@ def _candidates(fleet: Fleet, node: Node, options: ApplyOptions) -> list[Node]:
 def _reach(ssh: Ssh, fleet: Fleet, node: Node, options: ApplyOptions) -> \
         tuple[Node, BoardFacts, BoardFs]:
     last: FleetimgError | None = None
-    for at in _candidates(fleet, node, options):
+    candidates = _candidates(fleet, node, options)
+    for at in candidates:
         try:
             facts, fs = read_board(ssh, at, read_paths(fleet))
-        except FleetimgError as exc:
-            if not isinstance(exc, ConnectionFailed):
-                raise
+        except ConnectionFailed as exc:
             last = exc
             continue
         seen.record(fleet.name, {node.name: at.address})
         return at, facts, fs
     assert last is not None
-    if not options.from_address and len(_candidates(fleet, node, options)) == 1:
+    if not options.from_address and len(candidates) == 1:
         # Never seen elsewhere: if the inventory holds its future address, say how to reach
         # it where it is.
         raise ConnectionFailed(last.message, hint=f"{last.hint}; if fleet.toml already has "
@@ -211,7 +209,7 @@ def _plan_node(fleet: Fleet, node: Node, reached: Node, facts: BoardFacts, fs: B
                          "managed (hostname and /etc/hosts are)")
         chosen.append(plan_part(part, fs))
     reset = reset_changes() if options.reset_identity else ()
-    return NodePlan(node, reached, facts, fs, tuple(chosen), reset, tuple(notes))
+    return NodePlan(node, reached, facts, tuple(chosen), reset, tuple(notes))
 
 
 def plan_apply(fleet: Fleet, nodes: Sequence[Node], ssh: Ssh, options: ApplyOptions,

@@ -12,7 +12,6 @@ address to say so.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from fleetimg import knownhosts, stop
 from fleetimg.apply.board import run_steps
 from fleetimg.apply.plan import Writes
 from fleetimg.apply.snapshot import BoardFacts
-from fleetimg.errors import ConnectionFailed, FleetimgError, HostKeyChanged
+from fleetimg.errors import FleetimgError, HostKeyChanged
 from fleetimg.inventory import Node
 from fleetimg.remote import sh
-from fleetimg.sdcard.overlay import NM_KEYFILE
+from fleetimg.sdcard.overlay import NM_KEYFILE, keyfile_uuid
 from fleetimg.ssh import Ssh
 
 ROLLBACK_SECONDS = 30
@@ -45,13 +44,6 @@ class Moved:
     seconds: float  # from activation to confirmation
 
 
-def _connection_uuid(keyfile: bytes) -> str:
-    m = re.search(rb"^uuid=([0-9a-fA-F-]+)\s*$", keyfile, re.MULTILINE)
-    if m is None:
-        raise FleetimgError("internal: the NetworkManager keyfile has no uuid")
-    return m[1].decode()
-
-
 def _poller(ssh: Ssh) -> Ssh:
     """Short connection attempts: a board coming up at its new address answers within a few
     seconds of its address being set."""
@@ -65,6 +57,9 @@ def move(ssh: Ssh, at: Node, to: Node, writes: Writes, facts: BoardFacts, *,
     """Install the network files in `writes` on the board reached as `at`, activate them,
     and confirm from `to` (the node at its inventory address) within `seconds`."""
     keyfile = next(f for f in writes.files if f.path == NM_KEYFILE)
+    new_uuid = keyfile_uuid(keyfile.content.decode())
+    if new_uuid is None:
+        raise FleetimgError("internal: the NetworkManager keyfile has no uuid")
     device = to.module.ethernet
     old_uuid = facts.active.get(device, "")
     kh = ssh.options.known_hosts
@@ -74,8 +69,8 @@ def move(ssh: Ssh, at: Node, to: Node, writes: Writes, facts: BoardFacts, *,
             raise FleetimgError(f"{to.name}: no host key recorded for {at.address}",
                                 hint="run `fleetimg nodes probe` first")
         knownhosts.pin(kh, to.address, keys, to.port)
-    run_steps(ssh, at, [sh("net_try", seconds, device, _connection_uuid(keyfile.content),
-                           old_uuid, *NETWORK_PATHS)], writes.files)
+    run_steps(ssh, at, [sh("net_try", seconds, device, new_uuid, old_uuid, *NETWORK_PATHS)],
+              writes.files)
     start = time.monotonic()
     on_step(f"network change active on {to.name}; confirming from {to.address} "
             f"(rolled back in {seconds} s otherwise)")
@@ -90,7 +85,7 @@ def move(ssh: Ssh, at: Node, to: Node, writes: Writes, facts: BoardFacts, *,
             return Moved(to.address, time.monotonic() - start)
         except HostKeyChanged:
             raise  # someone else answers at the new address: never confirm there
-        except (ConnectionFailed, FleetimgError) as exc:
+        except FleetimgError as exc:  # not answering yet, or the confirmation failed
             last = exc
             poll.disconnect(to)
             time.sleep(1)

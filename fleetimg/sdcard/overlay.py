@@ -246,16 +246,20 @@ def _network(ctx: _Context) -> Part:
         FileSpec(NM_KEYFILE, keyfile.encode(), mode=0o600)))
 
 
-def _keyfile_uuid(fs: RootFs) -> str:
-    """The connection's UUID stays what it is: NetworkManager knows the profile by it, and
-    a new one on every run would make every `apply` a change."""
-    current = fs.read_text(NM_KEYFILE) or ""
-    found = next((ln.split("=", 1)[1].strip() for ln in current.splitlines()
+def keyfile_uuid(text: str) -> str | None:
+    """The connection UUID a NetworkManager keyfile names, if it names a valid one."""
+    found = next((ln.split("=", 1)[1].strip() for ln in text.splitlines()
                   if ln.startswith("uuid=")), "")
     try:
         return str(uuid.UUID(found))
     except ValueError:
-        return str(uuid.uuid4())
+        return None
+
+
+def _keyfile_uuid(fs: RootFs) -> str:
+    """The connection's UUID stays what it is: NetworkManager knows the profile by it, and
+    a new one on every run would make every `apply` a change."""
+    return keyfile_uuid(fs.read_text(NM_KEYFILE) or "") or str(uuid.uuid4())
 
 
 def _users(ctx: _Context) -> Part:
