@@ -17,26 +17,33 @@ def host_pattern(address: str, port: int = 22) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-def keys_for(known_hosts: Path, address: str, port: int = 22) -> list[str]:
-    """"TYPE KEY" of every key recorded for the address (hashed entries included)."""
+def entries(known_hosts: Path, address: str, port: int = 22) -> list[str]:
+    """The known_hosts lines for the address, as recorded (hashed entries included)."""
     if not known_hosts.exists():
         return []
     found = runmod.run(["ssh-keygen", "-F", host_pattern(address, port), "-f",
                         str(known_hosts)], check=False).stdout
-    keys = []
-    for line in found.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and not line.startswith("#"):
-            keys.append(f"{fields[1]} {fields[2]}")
-    return keys
+    return [ln for ln in found.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def keys_for(known_hosts: Path, address: str, port: int = 22) -> list[str]:
+    """"TYPE KEY" of every key recorded for the address."""
+    return [" ".join(line.split()[1:3]) for line in entries(known_hosts, address, port)
+            if len(line.split()) >= 3]
+
+
+def forget(known_hosts: Path, address: str, port: int = 22) -> None:
+    """Trust no key for the address any more (a re-flashed board makes new ones)."""
+    if known_hosts.exists():
+        runmod.run(["ssh-keygen", "-q", "-R", host_pattern(address, port), "-f",
+                    str(known_hosts)], check=False)
+        known_hosts.with_name(known_hosts.name + ".old").unlink(missing_ok=True)
 
 
 def pin(known_hosts: Path, address: str, keys: list[str], port: int = 22) -> None:
     """Trust exactly `keys` ("TYPE KEY [comment]") for the address from now on."""
     pattern = host_pattern(address, port)
-    if known_hosts.exists():
-        runmod.run(["ssh-keygen", "-q", "-R", pattern, "-f", str(known_hosts)], check=False)
-        known_hosts.with_name(known_hosts.name + ".old").unlink(missing_ok=True)
+    forget(known_hosts, address, port)
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     with known_hosts.open("a") as fh:
         for key in keys:

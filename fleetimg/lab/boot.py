@@ -25,6 +25,7 @@ from pathlib import Path
 import docker
 from docker.errors import NotFound
 
+from fleetimg import knownhosts
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import Fleet, Node
@@ -112,9 +113,7 @@ def _bridge(network: str) -> str:
 def _forget_host_key(fleet: Fleet, node: Node) -> None:
     # A card boots with host keys made on its first boot: in the lab, every card booted for
     # a node is a re-flashed board, so the lab's known_hosts forgets the old key.
-    if fleet.known_hosts.exists():
-        runmod.run(["ssh-keygen", "-q", "-f", str(fleet.known_hosts), "-R", node.address],
-                   check=False)
+    knownhosts.forget(fleet.known_hosts, node.address, node.port)
 
 
 def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:

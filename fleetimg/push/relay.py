@@ -22,6 +22,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from fleetimg import knownhosts
 from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError, UsageError
 from fleetimg.inventory import Node, RelayAuth
@@ -179,14 +180,8 @@ def _b64(text: str) -> str:
 
 def known_host_lines(known_hosts: Path, nodes: Sequence[Node]) -> list[str]:
     """The workstation's verified host keys for these nodes, for the relays' strict check."""
-    lines: list[str] = []
-    if not known_hosts.exists():
-        return lines
-    for node in nodes:
-        host = node.address if node.port == 22 else f"[{node.address}]:{node.port}"
-        out = runmod.run(["ssh-keygen", "-F", host, "-f", str(known_hosts)], check=False)
-        lines += [ln for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
-    return lines
+    return [line for node in nodes
+            for line in knownhosts.entries(known_hosts, node.address, node.port)]
 
 
 def build_table(members: Sequence[NodePlan], parents: Mapping[str, str | None],
