@@ -17,7 +17,7 @@ from fleetimg.apply.engine import (
 from fleetimg.apply.network import ROLLBACK_SECONDS
 from fleetimg.apply.plan import Action
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
-from fleetimg.cli.render import echo_failure, emit_json, ok_word, render_outcomes
+from fleetimg.cli.render import echo_failure, emit_json, error_json, ok_word, render_outcomes
 from fleetimg.errors import UsageError
 from fleetimg.parallel import NodeOutcome
 from fleetimg.sdcard.overlay import Concern
@@ -132,8 +132,7 @@ def _render_plan(plan: ApplyPlan, as_json: bool, show_diff: bool, dry_run: bool)
 def _plan_json(o: NodeOutcome[NodePlan]) -> dict[str, object]:
     if o.value is None:
         return {"name": o.node.name, "address": o.node.address, "ok": False,
-                "error": o.error.message if o.error else None,
-                "hint": o.error.hint if o.error else None}
+                **error_json(o.error)}
     return {"ok": True, **o.value.to_dict(),
             "result": "would change" if o.value.changes else "no changes"}
 
@@ -167,9 +166,7 @@ def _render_results(results: list[NodeOutcome[NodeApplied]], as_json: bool) -> N
 
     def to_json(r: NodeOutcome[NodeApplied]) -> dict[str, object]:
         if r.value is None:
-            return {"name": r.node.name, "ok": False,
-                    "error": r.error.message if r.error else None,
-                    "hint": r.error.hint if r.error else None}
+            return {"name": r.node.name, "ok": False, **error_json(r.error)}
         return {"ok": True, **r.value.to_dict()}
 
     ok = [r for r in results if r.ok]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
-from fleetimg.cli.render import emit_json, human_bytes, ok_word, render_outcomes, table
+from fleetimg.cli.render import (
+    emit_json,
+    error_json,
+    human_bytes,
+    ok_word,
+    render_outcomes,
+    table,
+)
 from fleetimg.parallel import NodeOutcome
 from fleetimg.probe import NodeProbe, probe_fleet
 
@@ -67,8 +74,7 @@ def probe(app: AppContext, selection: str, parallel: int, as_json: bool) -> None
 def _probe_json(r: NodeOutcome[NodeProbe]) -> dict[str, object]:
     if r.value is None:
         return {"name": r.node.name, "address": r.node.address, "reachable": False,
-                "error": r.error.message if r.error else None,
-                "hint": r.error.hint if r.error else None}
+                **error_json(r.error)}
     return {"reachable": True, **r.value.to_dict()}
 
 

@@ -13,7 +13,7 @@ from fleetimg.errors import FleetimgError
 from fleetimg.parallel import NodeOutcome
 from fleetimg.units import human_bytes
 
-__all__ = ["echo_failure", "emit_json", "human_bytes", "node_message", "ok_word",
+__all__ = ["echo_failure", "emit_json", "error_json", "human_bytes", "node_message", "ok_word",
            "render_outcomes", "table"]
 
 T = TypeVar("T")
@@ -48,6 +48,11 @@ def node_message(name: str, message: str) -> str:
     if message.startswith((f"{name}:", f"{name} (")):
         return message
     return f"{name}: {message}"
+
+
+def error_json(error: FleetimgError | None) -> dict[str, str | None]:
+    """A failed node's error and hint, as every --json document gives them."""
+    return {"error": error.message if error else None, "hint": error.hint if error else None}
 
 
 def echo_failure(name: str, error: FleetimgError | None) -> None:
