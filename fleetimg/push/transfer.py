@@ -152,12 +152,12 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        # After a stop the feeder is abandoned quickly: it only reads local files.
+        feeder.join(timeout=2 if stop.requested() else 30)
     if watch.stalled:
         remote_out.seek(0, os.SEEK_END)  # ssh wrote through its own descriptor
         remote_out.write(f"\nfleetimg-relay: {plan.node.name} cut off by the workstation: "
                          f"took nothing for {STALL_SECONDS} s\n".encode())
-        # After a stop the feeder is abandoned quickly: it only reads local files.
-        feeder.join(timeout=2 if stop.requested() else 30)
     source = "docker-save" if save is not None else "layer-store"
     return sent, raw, read, source, rc, broken, failure[0] if failure else None
 
