@@ -83,3 +83,7 @@ class ClonedImage(DiskError):
     """The SD card image comes from a board that has booted. Exit code 2."""
 
     exit_code = 2
+
+
+class RunError(FleetimgError):
+    """A workload could not be started or did not finish on a node."""

@@ -110,7 +110,7 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import apply, build, lab, nodes, push, registry, sdcard
+    from fleetimg.cli import apply, build, lab, nodes, push, registry, run, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
@@ -120,6 +120,7 @@ def _register() -> None:
     cli.add_command(build.build)
     cli.add_command(build.targets)
     cli.add_command(apply.apply)
+    cli.add_command(run.run)
 
 
 _register()

@@ -8,7 +8,13 @@ pass, logs and skips corrupt images, prints its throughput and writes one JSON l
 image (file, top-1 class, score).
 
 Weights come from a file (mounted with the data): a TorchScript model (torch.jit.save) or a
-ResNet-50 state_dict in torchvision's layout. Kept compatible with Python 3.6 (JetPack 4).
+ResNet-50 state_dict in torchvision's layout; `--weights random` measures throughput with an
+untrained ResNet-50 (the same work per image, no file). Kept compatible with Python 3.6
+(JetPack 4).
+
+Progress for `fleetimg run`: one stderr line when the slice is known ("worker I/T: N images
+to classify") and one at the end ("worker I/T: N images in S s = R images/s on DEV, K
+skipped"); fleetimg parses both, so their wording is an interface.
 """
 
 import argparse
@@ -91,9 +97,12 @@ class ResNet50(nn.Module):
 
 
 def load_model(path, device):
+    if path == "random":
+        return ResNet50().to(device).eval()
     if not path:
         raise WorkerError("no weights given: pass --weights /models/resnet50.pt (a file "
-                          "mounted with the data) or set WEIGHTS")
+                          "mounted with the data), set WEIGHTS, or --weights random to "
+                          "measure throughput only")
     if not os.path.isfile(path):
         raise WorkerError("weights file {} not found: mount the model directory into the "
                           "pod (e.g. the NFS share at /models) and point --weights at it"
@@ -141,7 +150,7 @@ def preprocess(path, size=224):
     with Image.open(path) as img:
         img = img.convert("RGB")
         w, h = img.size
-        scale = 256.0 / min(w, h)
+        scale = size * 256.0 / 224 / min(w, h)
         img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
                          Image.BILINEAR)
         w, h = img.size
@@ -151,13 +160,13 @@ def preprocess(path, size=224):
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
-def synthetic(count, seed, size=224):
-    gen = torch.Generator().manual_seed(seed)
-    return [("synthetic-{:05d}".format(i), torch.randn(3, size, size, generator=gen))
-            for i in range(count)]
+def synthetic(numbers, size=224):
+    return [("synthetic-{:05d}".format(i),
+             torch.randn(3, size, size, generator=torch.Generator().manual_seed(i)))
+            for i in numbers]
 
 
-def classify(model, items, device, batch_size, out):
+def classify(model, items, device, batch_size, out, size=224):
     """items: (name, tensor or path). Returns (images done, skipped, seconds)."""
     done = skipped = 0
     start = time.time()
@@ -179,7 +188,7 @@ def classify(model, items, device, batch_size, out):
     for name, item in items:
         if isinstance(item, str):
             try:
-                tensor = preprocess(item)
+                tensor = preprocess(item, size)
             except Exception as exc:  # one corrupt image must never stop the worker
                 log.warning("skipping %s: %s", name, exc)
                 skipped += 1
@@ -206,6 +215,8 @@ def parse_args(argv):
                    help="JSON lines file (default: stdout); a directory gets worker-N.jsonl")
     p.add_argument("--synthetic", type=int, default=int(os.environ.get("SYNTHETIC", "64")))
     p.add_argument("--batch-size", type=int, default=int(os.environ.get("BATCH_SIZE", "8")))
+    p.add_argument("--size", type=int, default=int(os.environ.get("IMAGE_SIZE", "224")),
+                   help="input resolution in pixels (default 224, ResNet-50's own)")
     p.add_argument("--device", default=os.environ.get("DEVICE", "auto"),
                    choices=["auto", "cpu", "cuda"])
     p.add_argument("--self-test", action="store_true",
@@ -223,16 +234,22 @@ def run(args, index, total):
         paths = my_slice(list_images(args.images), index, total)
         items = [(os.path.relpath(p, args.images), p) for p in paths]
     else:
-        items = my_slice(synthetic(args.synthetic, seed=0), index, total)
+        # Only this slice's images are made; the seed per image keeps every image the same
+        # whichever worker makes it.
+        names = my_slice(list(range(args.synthetic)), index, total)
+        items = synthetic(names, args.size)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection
-        model(torch.zeros(1, 3, 224, 224, device=device))
+        model(torch.zeros(1, 3, args.size, args.size, device=device))
+    print("worker {}/{}: {} images to classify".format(index, total, len(items)),
+          file=sys.stderr)
     if args.output and os.path.isdir(args.output):
         out_path = os.path.join(args.output, "worker-{}.jsonl".format(index))
     else:
         out_path = args.output
     out = open(out_path, "w") if out_path else sys.stdout
     try:
-        done, skipped, seconds = classify(model, items, device, args.batch_size, out)
+        done, skipped, seconds = classify(model, items, device, args.batch_size, out,
+                                          args.size)
     finally:
         if out is not sys.stdout:
             out.close()
