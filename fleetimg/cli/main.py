@@ -110,7 +110,7 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from fleetimg.cli import apply, build, lab, nodes, push, registry, run, sdcard
+    from fleetimg.cli import apply, build, k3s, lab, nodes, push, registry, run, sdcard
 
     cli.add_command(nodes.nodes)
     cli.add_command(lab.lab)
@@ -121,6 +121,7 @@ def _register() -> None:
     cli.add_command(build.targets)
     cli.add_command(apply.apply)
     cli.add_command(run.run)
+    cli.add_command(k3s.k3s)
 
 
 _register()
