@@ -194,15 +194,32 @@ def daemonset(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
     }
 
 
+def _bundled_schema(k8s_version: str) -> str:
+    """The bundled schema version for a Kubernetes minor ("1.31" -> "1.31.0"). Chosen here:
+    the library compares version strings as text ("1.9" > "1.31")."""
+    from kubernetes_validate.utils import all_versions
+
+    bundled = {tuple(int(x) for x in v.split(".")[:2]): v for v in all_versions()}
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(\.\d+)?", k8s_version.strip())
+    key = (int(m.group(1)), int(m.group(2))) if m else None
+    if key not in bundled:
+        lo, hi = min(bundled), max(bundled)
+        raise UsageError(f"--k8s-version {k8s_version}: no schema bundled for it",
+                         hint=f"a Kubernetes minor from {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}, "
+                         "e.g. the K3s server's (`k3s --version`)")
+    return str(bundled[key])
+
+
 def validate(docs: Sequence[dict[str, Any]], k8s_version: str = DEFAULT_K8S_VERSION) -> None:
     """Check every document against the Kubernetes API schema of `k8s_version`, strictly;
     raise ManifestError naming the object and the field."""
     import kubernetes_validate  # its schemas load on first use: only commands that check
 
+    schema = _bundled_schema(k8s_version)
     for doc in docs:
         what = f"{doc.get('kind', '?')} {doc.get('metadata', {}).get('name', '?')}"
         try:
-            kubernetes_validate.validate(doc, k8s_version, strict=True)
+            kubernetes_validate.validate(doc, schema, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path) or "(top level)"
             raise ManifestError(f"{what}: {where}: {exc.message}",
@@ -212,11 +229,6 @@ def validate(docs: Sequence[dict[str, Any]], k8s_version: str = DEFAULT_K8S_VERS
             raise ManifestError(f"{what}: {exc.message}",
                                 hint="apiVersion and kind must name a Kubernetes object") \
                 from None
-        except Exception as exc:  # VersionNotSupportedError is not exported
-            if type(exc).__name__ != "VersionNotSupportedError":
-                raise
-            raise UsageError(f"--k8s-version {k8s_version}: no schema bundled for it",
-                             hint="a Kubernetes minor from 1.25 on, e.g. 1.31") from None
 
 
 def to_yaml(docs: Sequence[dict[str, Any]]) -> str:
