@@ -101,7 +101,7 @@ def _render_stop(results: list[NodeOutcome[list[str]]], as_json: bool) -> None:
               default=BatchOptions.output, show_default=True,
               help="The JSON lines file that collects every image's result.")
 @click.option("--dry-run", is_flag=True, help="Show which slice runs where; start nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on standard error.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- WORKER ARGS]")
 @pass_app
@@ -133,7 +133,8 @@ def pytorch(app: AppContext, selection: str, images_dir: str | None, weights: st
         else:
             click.echo("dry run: nothing started")
         return
-    progress = _BatchProgress(enabled=not (quiet or as_json))
+    # Progress goes to stderr, with --json too: the document on stdout stays whole.
+    progress = _BatchProgress(enabled=not quiet)
     try:
         report = execute_batch(ssh, plan, progress.on_event)
     finally:

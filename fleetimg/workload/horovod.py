@@ -310,14 +310,21 @@ def _launch(ssh: Ssh, plan: HorovodPlan, on_line: Callable[[RankLine], None],
 
 def failure(report: HorovodReport) -> FleetimgError:
     """Why a finished run did not train, for the CLI to show."""
-    last = report.tail[-1] if report.tail else "no output"
+    texts = [t.split(": ", 1)[-1].strip() for t in report.tail]
+    last = next((t for t in reversed(texts) if t), "no output")
     if report.exit_code == 0:
         return RunError(f"horovodrun ended without the replicas' verdict on {report.plan.np} "
                         f"workers (last: {last})",
                         hint="the training script's rank 0 prints \"replicas identical on N "
                         "workers\" when the averaged gradients agree")
+    # horovodrun names the first rank that failed: "Process name: 2", "Exit code: 3".
+    rank = next((t.split(":", 1)[1].strip() for t in texts if t.startswith("Process name:")),
+                None)
+    code = next((t.split(":", 1)[1].strip() for t in texts if t.startswith("Exit code:")), None)
+    if rank is not None and rank.isdigit():
+        last = (f"rank {rank} on {report.plan.node_of_rank(int(rank))} exited first"
+                + (f", with code {code}" if code else ""))
     return RunError(f"horovodrun exited with code {report.exit_code}: {last}",
                     hint="every rank must finish; the lines above name the node of each "
                     "rank. `fleetimg nodes probe` checks the boards; `--keep` leaves the "
                     "servers running to look inside")
-
