@@ -346,8 +346,8 @@ def _slice_error(worker: Worker, index: int, rc: int, done: int,
     last = state["log"][-1] if state["log"] else ""
     progress = f"after {done} of {state['total'] or '?'} images"
     if rc == SSH_FAILED:
-        return RunError(f"{node}: lost the connection during slice {index} {progress}"
-                        + (f" ({last})" if last else ""),
+        # The worker's last log line says nothing about a board that went away.
+        return RunError(f"{node}: lost the connection during slice {index} {progress}",
                         hint=f"is {node} powered and on the network? "
                         f"`fleetimg nodes probe --to {node}`")
     if rc == DOCKER_RUN_FAILED:

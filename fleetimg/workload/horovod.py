@@ -125,6 +125,9 @@ def plan_horovod(ssh: Ssh, nodes: Sequence[Node], options: HorovodOptions) -> Ho
     if refused:
         lines = "; ".join(e.message for e in refused.values())
         hints = {e.hint for e in refused.values() if e.hint}
+        stale = [n for n, e in refused.items() if (e.hint or "").startswith("fleetimg push")]
+        if len(stale) == len(refused):  # one push fixes them all
+            hints = {f"fleetimg push {options.target} --to {','.join(stale)}"}
         raise RunError(f"training needs every selected node, and {len(refused)} cannot run: "
                        f"{lines}", hint=" / ".join(sorted(hints)) or
                        "leave them out with --to")

@@ -6,9 +6,10 @@
 - triton: a DaemonSet per image, serving on ports 8000-8002 of every selected board.
 
 Pods land by the labels `fleetimg k3s label` puts on the K3s nodes (the board's L4T release
-and module), use `runtimeClassName: nvidia` (K3s makes that RuntimeClass when it finds the
-NVIDIA container runtime; the manifest carries it too) and name the image exactly as
-`fleetimg push` delivered it, with `imagePullPolicy: Never`: there is no registry.
+and module), use `runtimeClassName: nvidia` (the RuntimeClass is in the file too, handler
+`nvidia`: the runtime K3s configures in containerd when a board has the NVIDIA container
+runtime) and name the image exactly as `fleetimg push` delivered it, with
+`imagePullPolicy: Never`: there is no registry.
 
 Every manifest is validated against the Kubernetes API schema (kubernetes-validate's
 bundled JSON schemas, strict: an unknown field is an error) before it is written.
