@@ -149,8 +149,8 @@ class BatchReport:
 
 def rerun_command(options: BatchOptions, total: int, slices: Sequence[int],
                   nodes: Sequence[str]) -> str:
-    parts = ["fleetimg run", options.target if not options.exact_image
-             else f"--image {options.target}", f"--to {','.join(nodes)}",
+    parts = ["fleetimg run pytorch", *([f"--image {options.target}"] if options.exact_image
+                                       else []), f"--to {','.join(nodes)}",
              f"--slices {total}", f"--only-slices {','.join(map(str, slices))}"]
     if options.images_dir:
         parts.append(f"--images {options.images_dir}")
@@ -245,7 +245,12 @@ def execute_batch(ssh: Ssh, plan: BatchPlan, on_event: Callable[[Event], None] =
 
     nodes = list({s.node.name: s.node for s in plan.slices}.values())
     try:
-        for_each_node(nodes, node_run, parallel=len(nodes))
+        for ran in for_each_node(nodes, node_run, parallel=len(nodes)):
+            # A bug that ended a node's loop early must still show as its slices' failure.
+            for sp in plan.slices:
+                if ran.error is not None and sp.node.name == ran.node.name \
+                        and sp.index not in outcomes:
+                    outcomes[sp.index] = SliceOutcome(sp.index, sp.node, None, ran.error, 0.0)
     finally:
         if stop.requested():
             with stop.cleanup():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -188,3 +189,27 @@ def test_a_rank_that_fails_fails_the_run(horovod_on_lab: Fleet) -> None:
     assert not data["ok"] and data["exit_code"] != 0
     assert data["error"].endswith("rank 2 on node3 exited first, with code 3"), data
     assert "node3[2]: rank 2 on 3" in proc.stderr
+
+
+def test_ctrl_c_stops_the_run_and_removes_every_worker(
+        pytorch_on_lab: Fleet, ssh: Ssh, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    out.write_text("an earlier run's file\n")
+    argv = [sys.executable, "-m", "fleetimg", "-i", str(pytorch_on_lab.path), "run",
+            "pytorch", "--synthetic", "60", "-o", str(out), *SMALL]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "images to classify" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "interrupted" in rest and "unfinished: slices 0,1,2 of the batch run" in rest
+    # No slice finished: the earlier file is left as it was, not half-written.
+    assert out.read_text() == "an earlier run's file\n"
+    for node in pytorch_on_lab.nodes:
+        names = ssh.run(node, "docker ps -a --format '{{.Names}}'").stdout.split()
+        assert not [n for n in names if n.startswith("fleetimg-run-")], (node.name, names)

@@ -118,6 +118,9 @@ def test_the_rerun_command_carries_the_job_options() -> None:
                     "--images /nfs/images --weights /nfs/resnet50.pt -o out.jsonl -- "
                     "--batch-size 4")
     assert "--synthetic 120" in rerun_command(BatchOptions(), 2, [0, 1], ["node2"])
+    exact = BatchOptions(target="demo/pytorch:latest", exact_image=True)
+    assert rerun_command(exact, 2, [1], ["node1"]).startswith(
+        "fleetimg run pytorch --image demo/pytorch:latest --to node1 --slices 2")
 
 
 def plan_for(w: Worker, options: BatchOptions) -> BatchPlan:
