@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from fleetimg import stop
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Node
 
@@ -36,12 +38,17 @@ def for_each_node(
     parallel: int = 8,
     on_done: Callable[[NodeOutcome[T]], None] | None = None,
 ) -> list[NodeOutcome[T]]:
-    """Apply `operation` to every node, at most `parallel` at once; results in node order."""
+    """Apply `operation` to every node, at most `parallel` at once; results in node order.
+
+    Called inside stop.cleanup() (undoing work after a Ctrl-C), the workers run there too:
+    the cleanup flag is per thread."""
+    cleaning = stop.cleaning_up()
 
     def one(node: Node) -> NodeOutcome[T]:
         start = time.monotonic()
         try:
-            value = operation(node)
+            with stop.cleanup() if cleaning else contextlib.nullcontext():
+                value = operation(node)
         except FleetimgError as exc:
             return NodeOutcome(node, None, exc, time.monotonic() - start)
         except Exception as exc:  # a bug must not take the rest of the fleet down

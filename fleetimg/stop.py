@@ -68,6 +68,11 @@ def cleanup() -> Iterator[None]:
         _local.cleanup = before
 
 
+def cleaning_up() -> bool:
+    """Whether this thread runs inside cleanup(): workers it starts must run there too."""
+    return bool(getattr(_local, "cleanup", False))
+
+
 def track(proc: subprocess.Popen[bytes]) -> None:
     """Register a child so a stop ends it; one started after the stop is ended at once.
 

@@ -8,11 +8,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from fleetimg import run as runmod
 from fleetimg import stop
+from fleetimg.inventory import parse
+from fleetimg.parallel import for_each_node
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +98,17 @@ def test_second_signal_exits_at_once() -> None:
     assert proc.stdout.readline() == "stopping\n"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=5) == 130
+
+
+def test_workers_started_inside_cleanup_may_still_run_commands() -> None:
+    # `run --stop` after a Ctrl-C removes containers on every node from worker threads:
+    # they inherit the cleanup of the thread that started them, others do not.
+    nodes = parse({"fleet": {"subnet": "10.0.0.0/24"}, "nodes": [
+        {"name": f"node{i}", "address": f"10.0.0.{i}", "module": "nano-4gb"} for i in (1, 2)]},
+        base_dir=Path("/tmp")).nodes
+    stop.request()
+    outside = for_each_node(nodes, lambda n: runmod.run(["true"]).returncode)
+    assert all(isinstance(o.error, stop.Interrupted) for o in outside)
+    with stop.cleanup():
+        inside = for_each_node(nodes, lambda n: runmod.run(["true"]).returncode)
+    assert [o.value for o in inside] == [0, 0]
