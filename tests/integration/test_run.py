@@ -213,3 +213,32 @@ def test_ctrl_c_stops_the_run_and_removes_every_worker(
     for node in pytorch_on_lab.nodes:
         names = ssh.run(node, "docker ps -a --format '{{.Names}}'").stdout.split()
         assert not [n for n in names if n.startswith("fleetimg-run-")], (node.name, names)
+
+
+def test_k3s_manifests_name_the_images_as_pushed_and_pass_the_schema(
+        pytorch_on_lab: Fleet, tmp_path: Path) -> None:
+    out = tmp_path / "job.yaml"
+    proc = fleetimg("-i", str(pytorch_on_lab.path), "k3s", "manifests", "pytorch", "-o",
+                    str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Job fleetimg-pytorch-r32-7-1 (valid for Kubernetes 1.31)" in proc.stderr
+    text = out.read_text()
+    assert "image: fleetimg/pytorch:r32.7.1\n" in text and "completions: 3\n" in text
+    checked = fleetimg("k3s", "validate", str(out))
+    assert checked.returncode == 0 and "2 object(s) valid" in checked.stdout
+    # The same check catches a hand edit that Kubernetes would refuse.
+    out.write_text(text.replace("completions: 3", "completions: three"))
+    broken = fleetimg("k3s", "validate", str(out))
+    assert broken.returncode == 1
+    assert "spec.completions: 'three' is not of type 'integer'" in broken.stderr
+
+
+def test_k3s_label_needs_a_k3s_server(lab_fleet: Fleet) -> None:
+    dry = fleetimg("-i", str(lab_fleet.path), "k3s", "label", "--to", "node2", "--dry-run")
+    assert dry.stdout == ("node1: sudo -n k3s kubectl label node node2 fleetimg/l4t=R32.7.1 "
+                          "fleetimg/module=nano-4gb --overwrite\n")
+    # The lab's nodes run Docker, not K3s: one line, and the way to name the server.
+    proc = fleetimg("-i", str(lab_fleet.path), "k3s", "label")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == "error: node1: no k3s command: not a K3s server"
+    assert "--server" in proc.stderr
