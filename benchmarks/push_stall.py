@@ -14,6 +14,7 @@ Needs root (its own lab fleet "bench-stall"). Writes benchmarks/results/push_sta
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -37,7 +38,20 @@ from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.images import build_app_image, ensure_arm64_mini_image
 
 
-def breaker(victim: Any, fault: str) -> Callable[[NodePlan], Progress | None]:
+class RefeedClock(logging.Handler):
+    """When the engine starts re-feeding (its "re-feeding" log line), in wall time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.at is None and record.getMessage().startswith("re-feeding"):
+            self.at = record.created
+
+
+def breaker(victim: Any, fault: str,
+            fault_at: list[float]) -> Callable[[NodePlan], Progress | None]:
     """Progress for the workstation's stream that does `fault` to node2 at 16 MB."""
     handled = [0]
 
@@ -45,6 +59,7 @@ def breaker(victim: Any, fault: str) -> Callable[[NodePlan], Progress | None]:
         def on(n: int) -> None:
             handled[0] += n
             if fault != "none" and handled[0] > 16 << 20 and handled[0] - n <= 16 << 20:
+                fault_at.append(time.time())
                 getattr(victim, fault)()  # pause() or kill()
         return on
     return progress_for
@@ -69,11 +84,17 @@ def main() -> int:
             image = resolve_image(client, ref)
             plans = preflight(ssh, fleet.nodes, image, options)
             victim = client.containers.get(config.container(2))
-            progress_for = breaker(victim, fault)
+            fault_at: list[float] = []
+            progress_for = breaker(victim, fault, fault_at)
+            clock = RefeedClock()
+            engine_log = logging.getLogger("fleetimg.push")
+            engine_log.setLevel(logging.INFO)
+            engine_log.addHandler(clock)
             start = time.monotonic()
             try:
                 report = execute(ssh, image, plans, options, progress_for)
             finally:
+                engine_log.removeHandler(clock)
                 victim.reload()
                 if victim.status == "paused":
                     victim.unpause()
@@ -88,6 +109,9 @@ def main() -> int:
                 "node3_via": node3.via if node3 else None,
                 "node3_note": node3.note if node3 else None,
                 "node2": "ok" if by_name["node2"].ok else str(by_name["node2"].error),
+                # From the fault to the re-feed of the nodes below node2 starting.
+                "refeed_after_fault_seconds": round(clock.at - fault_at[0], 2)
+                if clock.at is not None and fault_at else None,
             }
             time.sleep(3)  # node2 back up (sshd) before the next round's pre-flight
     finally:
@@ -99,6 +123,7 @@ def main() -> int:
     for fault, r in runs.items():
         print(f"{fault:<6} {r['seconds']:>7} s  extra {r.get('extra_seconds', 0):>6} s  "
               f"sent {int(r['sent_from_workstation']) / 1e6:7.1f} MB  "  # type: ignore[call-overload]
+              f"re-fed {r['refeed_after_fault_seconds']} s after the fault  "
               f"node3 via {r['node3_via']}  node2: {str(r['node2'])[:60]}")
     write_results("push_stall", report)
     return 0

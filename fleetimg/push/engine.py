@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,9 @@ from fleetimg.push.transfer import (
     stream,
     stream_tag,
 )
-from fleetimg.ssh import Ssh
+from fleetimg.ssh import SSH_FAILED, Ssh
+
+log = logging.getLogger("fleetimg.push")
 
 # Nodes a broken relay cut off are re-fed by relay once more, then directly.
 MAX_RELAY_ROUNDS = 2
@@ -234,20 +237,48 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
                           read_bytes=out.read if is_root else 0,
                           source=out.source if is_root else None)
 
-    verified = for_each_node([p.node for p in group.members], verify,
-                             parallel=max(8, options.parallel))
-    results = [v for v in verified if v.ok]
+    # A node the watchdog cut off for taking nothing may be frozen, and one whose SSH hop
+    # failed (exit 255) may be gone: checking either costs the SSH timeout (10 s). The
+    # others are verified, and the orphans below re-fed, while they are checked; they are
+    # re-fed last, if they answer at all.
+    cut = (set(parse_cuts(out.output))
+           | {name for name, (code, _) in reports.items() if code == SSH_FAILED}
+           | ({root.node.name} if out.rc == SSH_FAILED else set()))
+    cut &= {p.node.name for p in group.members}
+    parallel = max(8, options.parallel)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checking = pool.submit(for_each_node, [p.node for p in group.members
+                                               if p.node.name in cut], verify,
+                               parallel=parallel)
+        verified = for_each_node([p.node for p in group.members if p.node.name not in cut],
+                                 verify, parallel=parallel)
+        results = [v for v in verified if v.ok]
+        sources = [group.plan(v.node.name) for v in results]
+        rest = _redeliver(ssh, image, group, verified, cut, out, reports, options, round_,
+                          sources)
+        verified_cut = checking.result()
+    results += [v for v in verified_cut if v.ok]
+    return results + rest + _redeliver(ssh, image, group, verified_cut, cut, out, reports,
+                                       options, round_, sources)
+
+
+def _redeliver(ssh: Ssh, image: LocalImage, group: RelayGroup,
+               verified: list[NodeOutcome[NodeResult]], cut: set[str], out: StreamOutcome,
+               reports: dict[str, tuple[int, str]], options: PushOptions, round_: int,
+               sources: Sequence[NodePlan]) -> list[NodeOutcome[NodeResult]]:
+    """The members of `verified` that lack the image: reported if unreachable, else
+    delivered again. Nodes cut off count as missing when naming where the stream broke."""
     missing = {v.node.name for v in verified if not v.ok}
     if not missing:
-        return results
-    why = {name: why_missing(group, name, missing, out, reports) for name in missing}
+        return []
+    why = {name: why_missing(group, name, missing | cut, out, reports) for name in missing}
     # A node that cannot even be reached now is reported as it is, not planned again.
     gone = [dataclasses.replace(v, error=_with_reason(v.error, why[v.node.name]))
             for v in verified if isinstance(v.error, ConnectionFailed)]
     again = [v.node for v in verified if not v.ok and not isinstance(v.error, ConnectionFailed)]
-    sources = [group.plan(v.node.name) for v in results]
-    return results + gone + refeed(ssh, image, again, why, options, round_=round_ + 1,
-                                   sources=sources)
+    if again:
+        log.info("re-feeding %s", ", ".join(f"{n.name} ({why[n.name]})" for n in again))
+    return gone + refeed(ssh, image, again, why, options, round_=round_ + 1, sources=sources)
 
 
 def why_missing(group: RelayGroup, name: str, missing: set[str], out: StreamOutcome,
