@@ -100,14 +100,15 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     bars = _Bars(sum(p.send_bytes for ip in plan.images for p in ip.delivery.uplink_plans),
                  enabled=not (quiet or as_json) and sys.stderr.isatty())
     try:
-        report = execute_fleet_push(ssh, plan, options, bars.progress_for)
+        report = execute_fleet_push(ssh, plan, options, bars.progress_for, bars.relayed_for)
     finally:
         bars.close()
     _render_report(plan, report, as_json)
 
 
 class _Bars:
-    """A total bar and one bar per node the workstation streams to."""
+    """A total bar, one bar per node the workstation streams to, and one per node a relay
+    feeds (from the progress the relays report)."""
 
     def __init__(self, total: int, *, enabled: bool) -> None:
         self.enabled = enabled
@@ -128,6 +129,20 @@ class _Bars:
             bar.update(n)
             with self.lock:
                 self.total.update(n)
+        return on
+
+    def relayed_for(self, plan: NodePlan) -> Progress | None:
+        """A node a relay feeds: its own bar, from what it reports having received."""
+        if not self.enabled:
+            return None
+        with self.lock:
+            bar = tqdm(desc=f"{plan.node.name} (relayed)", total=plan.send_bytes or None,
+                       unit="B", unit_scale=True, position=len(self.bars) + 1, leave=False)
+            self.bars.append(bar)
+
+        def on(n: int) -> None:
+            with self.lock:
+                bar.update(min(n, max(0, (bar.total or n) - bar.n)))
         return on
 
     def close(self) -> None:

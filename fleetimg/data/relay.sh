@@ -77,11 +77,33 @@ fi
 # nothing). tee -p then goes on with the others. Where tee waits is read from /proc (the
 # write syscall and its file descriptor).
 stall=8
+# Progress: every second, the bytes this node has received (tee's rchar) when they changed,
+# and the new progress lines of the nodes below (complete lines of each child's output), so
+# the workstation shows every relayed node's own progress as it goes.
+declare -A seen
+progress() {
+    local tee=$1 id n
+    got=$(awk '/^rchar/ { print $2 }' "/proc/$tee/io" 2>/dev/null) || return 0
+    if [ -n "$got" ] && [ "$got" != "${reported:-}" ]; then
+        reported=$got
+        echo "fleetimg-relay: $me received $got" >&2
+    fi
+    for id in "${ids[@]}"; do
+        n=$(wc -l < "$dir/$id.out" 2>/dev/null) || continue
+        if [ "$n" -gt "${seen[$id]:-0}" ]; then
+            sed -n "$((${seen[$id]:-0} + 1)),${n}p" "$dir/$id.out" \
+                | grep -a '^fleetimg-relay: [^ ]* received [0-9]*$' >&2
+            seen[$id]=$n
+        fi
+    done
+}
+
 watchdog() {
     local tee=$1 write since=0 last="" now nr fd target name i size heard=0 osize=-1
     case $(uname -m) in aarch64|arm64) write=64 ;; x86_64|amd64) write=1 ;; *) return 0 ;; esac
     while kill -0 "$tee" 2>/dev/null; do
         sleep 1
+        progress "$tee"
         now=$(awk '/^wchar/ { print $2 }' "/proc/$tee/io" 2>/dev/null) || return 0
         read -r nr fd _ < "/proc/$tee/syscall" 2>/dev/null || return 0
         if [ "$nr" != "$write" ] || [ "$now" != "$last" ]; then
@@ -119,31 +141,28 @@ watchdog() {
     done
 }
 
-if [ ${#fifos[@]} -eq 0 ]; then
-    sh -c "$load"
-    rc=$?
-else
-    mkfifo "$dir/self.fifo"
-    sh -c "$load" < "$dir/self.fifo" &
-    load_pid=$!
-    # An explicit redirection: a background job would otherwise read /dev/null.
-    tee -p "$dir/self.fifo" "${fifos[@]}" <&0 > /dev/null &
-    tee_pid=$!
-    watchdog "$tee_pid" &
-    watchdog_pid=$!
-    wait "$tee_pid"
-    wait "$load_pid"
-    rc=$?
-    kill "$watchdog_pid" 2>/dev/null
-    wait "$watchdog_pid" 2>/dev/null
-fi
+# A leaf goes through tee too: its watchdog reports its progress and cuts off its own load
+# when that takes nothing, as on every relay.
+mkfifo "$dir/self.fifo"
+sh -c "$load" < "$dir/self.fifo" &
+load_pid=$!
+# An explicit redirection: a background job would otherwise read /dev/null.
+tee -p "$dir/self.fifo" "${fifos[@]}" <&0 > /dev/null &
+tee_pid=$!
+watchdog "$tee_pid" &
+watchdog_pid=$!
+wait "$tee_pid"
+wait "$load_pid"
+rc=$?
+kill "$watchdog_pid" 2>/dev/null
+wait "$watchdog_pid" 2>/dev/null
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}"
     child=$?
     # The workstation reads these lines to say which hop broke: first the reports from
     # further down, then this hop's own exit status and the last thing it printed.
     out="$dir/${ids[$i]}.out"
-    grep '^fleetimg-relay: ' "$out" | grep -v ' waiting on ' >&2
+    grep '^fleetimg-relay: ' "$out" | grep -v ' waiting on \| received ' >&2
     last=$(grep -v '^fleetimg-relay: ' "$out" | tail -n 1)
     echo "fleetimg-relay: ${ids[$i]} exit $child $last" >&2
 done

@@ -149,10 +149,13 @@ def plan_fleet_push(ssh: Ssh, client: docker.DockerClient, ref: str, nodes: Sequ
 
 def execute_fleet_push(ssh: Ssh, plan: FleetPlan, options: PushOptions,
                        progress_for: Callable[[NodePlan], Progress | None] | None = None,
+                       relayed_for: Callable[[NodePlan], Progress | None] | None = None,
                        ) -> FleetReport:
-    """Deliver each image of the plan in turn (each image's nodes in parallel)."""
-    reports = [execute(ssh, ip.image, ip.plans, options, progress_for, ip.delivery)
-               for ip in plan.images]
+    """Deliver each image of the plan in turn (each image's nodes in parallel).
+    `progress_for` gives the progress of a stream from here; `relayed_for` that of a node a
+    relay feeds (read from the node, in the same uncompressed bytes)."""
+    reports = [execute(ssh, ip.image, ip.plans, options, progress_for, ip.delivery,
+                       relayed_for) for ip in plan.images]
     unassigned: list[NodeOutcome[NodeResult]] = [
         NodeOutcome(u.node, None, u.error, 0.0) for u in plan.unassigned]
     return FleetReport(reports, unassigned)
@@ -179,7 +182,8 @@ def arrange_delivery(ssh: Ssh, plans: list[NodeOutcome[NodePlan]],
 def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
             options: PushOptions,
             progress_for: Callable[[NodePlan], Progress | None] | None = None,
-            delivery: Delivery | None = None) -> PushReport:
+            delivery: Delivery | None = None,
+            relayed_for: Callable[[NodePlan], Progress | None] | None = None) -> PushReport:
     if delivery is None:
         delivery = arrange_delivery(ssh, plans, options)
     outcomes: dict[str, NodeOutcome[NodeResult]] = {}
@@ -194,7 +198,8 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
 
     def group_one(group: RelayGroup) -> list[NodeOutcome[NodeResult]]:
         progress = progress_for(group.root) if progress_for else None
-        return run_group(ssh, image, group, options, progress)
+        relayed = (lambda name: relayed_for(group.plan(name))) if relayed_for else None
+        return run_group(ssh, image, group, options, progress, relayed=relayed)
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
@@ -213,14 +218,16 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
 
 
 def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptions,
-              progress: Progress | None, *, round_: int = 1) -> list[NodeOutcome[NodeResult]]:
+              progress: Progress | None, *, round_: int = 1,
+              relayed: Callable[[str], Progress | None] | None = None,
+              ) -> list[NodeOutcome[NodeResult]]:
     """Stream to the group's root, which relays; verify every member; re-feed the rest."""
     start = time.monotonic()
     root = group.root
     k3s = root.node.runtime is Runtime.K3S
     out = stream(ssh, root, image, remote_command(root.node.name, group.table),
                  skip_layers=root.have_layers,
-                 repo_tag=stream_tag(root, image), progress=progress)
+                 repo_tag=stream_tag(root, image), progress=progress, relayed=relayed)
     stop.check()  # the stream ended because of a stop: verify nothing, re-feed nothing
     reports = parse_reports(out.output)
     elapsed = time.monotonic() - start

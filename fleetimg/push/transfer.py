@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -75,15 +76,18 @@ class StreamOutcome:
 
 
 def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
-           *, skip_layers: int, repo_tag: str, progress: Progress | None) -> StreamOutcome:
-    """Send the filtered, compressed archive into `remote_cmd` on the plan's node."""
+           *, skip_layers: int, repo_tag: str, progress: Progress | None,
+           relayed: Callable[[str], Progress | None] | None = None) -> StreamOutcome:
+    """Send the filtered, compressed archive into `remote_cmd` on the plan's node.
+    `relayed(name)` gives the progress of a node the relays below feed."""
     with tempfile.TemporaryFile() as remote_out:
         sent, raw, read, source, rc, broken, failure = _pipeline(
             ssh, plan, image, remote_cmd, remote_out, skip_layers=skip_layers,
-            repo_tag=repo_tag, progress=progress)
+            repo_tag=repo_tag, progress=progress, relayed=relayed)
         remote_out.seek(0)
         output = "\n".join(ln for ln in remote_out.read().decode(errors="replace").splitlines()
-                           if not (ln.startswith("fleetimg-relay: ") and " waiting on " in ln))
+                           if not (ln.startswith("fleetimg-relay: ")
+                                   and (" waiting on " in ln or _RECEIVED_RE.match(ln))))
     return StreamOutcome(sent, raw, read, source, rc, broken, output, failure)
 
 
@@ -104,10 +108,18 @@ def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
 
 def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
               remote_out: IO[bytes], *, skip_layers: int, repo_tag: str,
-              progress: Progress | None) -> \
+              progress: Progress | None,
+              relayed: Callable[[str], Progress | None] | None = None) -> \
         tuple[int, int, int, str, int, bool, BaseException | None]:
     assert plan.codec is not None
-    produce, save = archive_source(image, skip_layers, repo_tag, progress)
+    handled = [0]  # uncompressed bytes into the compressor: relayed nodes are scaled by it
+
+    def counted(n: int) -> None:
+        handled[0] += n
+        if progress is not None:
+            progress(n)
+
+    produce, save = archive_source(image, skip_layers, repo_tag, counted)
     comp = runmod.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
     remote = ssh.spawn(plan.node, remote_cmd, stdin=subprocess.PIPE, stdout=remote_out,
                        stderr=remote_out)
@@ -130,8 +142,12 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
 
     feeder = threading.Thread(target=feed, daemon=True, name=f"feed-{plan.node.name}")
     feeder.start()
-    watch = _StallWatch(remote, plan.node.name, remote_out)
     sent, broken, rc = 0, False, -1
+    # A relay reports the compressed bytes each node below has received; scaled by this
+    # stream's ratio of uncompressed to compressed bytes, they are that node's progress in
+    # the units of the node fed from here.
+    watch = _StallWatch(remote, plan.node.name, remote_out, relayed,
+                        lambda: handled[0] / sent if sent else 0.0)
     try:
         while chunk := comp_out.read(CHUNK):
             try:
@@ -162,6 +178,8 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
     return sent, raw, read, source, rc, broken, failure[0] if failure else None
 
 
+# relay.sh's progress line: the compressed bytes a node has received so far.
+_RECEIVED_RE = re.compile(r"^fleetimg-relay: (\S+) received (\d+)$")
 # A node that takes no byte for this long is cut off (hung, frozen or paused, or its
 # `docker load` stopped); relay.sh applies the same rule to each hop below.
 STALL_SECONDS = 8
@@ -173,12 +191,18 @@ class _StallWatch:
     """Ends the ssh to a node whose stream write has not returned for STALL_SECONDS: a node
     that stays alive but stops reading would otherwise hold the push until TCP gives up.
     A relay that keeps printing (relay.sh says every second which hop it waits on) is left
-    to cut off the hop below it."""
+    to cut off the hop below it. It also reads the relays' progress lines as they come."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], name: str, output: IO[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], name: str, output: IO[bytes],
+                 relayed: Callable[[str], Progress | None] | None = None,
+                 ratio: Callable[[], float] = lambda: 0.0) -> None:
         self.proc, self.name, self.output = proc, name, output
         self.since: float | None = None
         self.stalled = False
+        self._relayed, self._ratio = relayed, ratio
+        self._bars: dict[str, Progress | None] = {}
+        self._shown: dict[str, int] = {}
+        self._offset = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"stall-{name}")
         self._thread.start()
@@ -199,12 +223,32 @@ class _StallWatch:
                 grown = os.fstat(self.output.fileno()).st_size
                 if grown != size:
                     size, heard = grown, now
+                    self._read_progress(grown)
             since = self.since
             if since is not None and now - since > STALL_SECONDS and now - heard > _TALKING:
                 log.info("%s took nothing for %d s: cutting it off", self.name, STALL_SECONDS)
                 self.stalled = True
                 self.proc.kill()
                 return
+
+    def _read_progress(self, size: int) -> None:
+        if self._relayed is None or size <= self._offset:
+            return
+        data = os.pread(self.output.fileno(), size - self._offset, self._offset)
+        complete = data[:data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            m = _RECEIVED_RE.match(line)
+            if m is None or m.group(1) == self.name:
+                continue  # this stream's own node counts what is sent from here
+            name = m.group(1)
+            if name not in self._bars:
+                self._bars[name] = self._relayed(name)
+            bar = self._bars[name]
+            shown = int(int(m.group(2)) * self._ratio())
+            if bar is not None and shown > self._shown.get(name, 0):
+                bar(shown - self._shown.get(name, 0))
+                self._shown[name] = shown
 
     def close(self) -> None:
         self._done.set()

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -312,3 +313,35 @@ def test_a_paused_relay_is_cut_off_and_the_rest_of_the_fleet_finishes(
     assert node3 is not None and "node2" in node3.note and node3.via == "node1", node3
     assert node_image_id(ssh, lab_fleet, "node3", big) == image.id
     wait_back(ssh, lab_fleet, "node2")
+
+
+def test_every_relayed_node_reports_its_own_progress_as_it_goes(
+    lab_fleet: Fleet, ssh: Ssh, docker_client: docker.DockerClient
+) -> None:
+    # Random bytes, so the stream takes seconds even where the base layers are there: the
+    # relays report once a second.
+    big = build_app_image("fleetimg-test/relay:progress", app="print('progress')\n",
+                          blob_mb=320)
+    image = resolve_image(docker_client, big)
+    options = PushOptions(parallel=3, fanout=Fanout("chain"),
+                          relay_auth=RelayAuth.INTERNAL_KEY)
+    plans = preflight(ssh, lab_fleet.nodes, image, options)
+    lock = threading.Lock()
+    seen: dict[str, list[int]] = {}
+
+    def relayed_for(plan: NodePlan) -> Progress | None:
+        def on(n: int) -> None:
+            with lock:
+                seen.setdefault(plan.node.name, []).append(n)
+        return on
+
+    report = execute(ssh, image, plans, options, None, relayed_for=relayed_for)
+    assert all(r.ok for r in report.results), report.results
+    # node2 and node3 are fed by relays; what they received came back from them while the
+    # stream ran (once a second; the last second's bytes are not reported), in the
+    # workstation's (uncompressed) units.
+    assert set(seen) == {"node2", "node3"}, seen
+    send = {p.node.name: p.value.send_bytes for p in plans if p.value is not None}
+    for name in ("node2", "node3"):
+        assert all(n > 0 for n in seen[name]), seen
+        assert 0 < sum(seen[name]) <= 1.05 * send[name], (name, seen[name], send[name])
