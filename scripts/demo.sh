@@ -58,10 +58,8 @@ fleetimg build pytorch --to all-nodes --standin --tag demo/pytorch:latest --no-s
 fleetimg push demo/pytorch:latest --to all-nodes --quiet
 unset FLEETIMG_DOCKERFILES
 
-# node4's Docker loads images but cannot start containers: systemd-nspawn gives the booted
-# card a read-only cgroup tree. Real boards have no such limit.
-step "fleetimg run pytorch: batch inference as an indexed job, one slice per board, a throughput table and one results file (ResNet-50 at 64 px: arm64 runs under QEMU here)"
-fleetimg run pytorch --image demo/pytorch:latest --to node1,node2,node3 --synthetic 24 \
+step "fleetimg run pytorch: batch inference as an indexed job, one slice per board (node4 on its card too), a throughput table and one results file (ResNet-50 at 64 px: arm64 runs under QEMU here)"
+fleetimg run pytorch --image demo/pytorch:latest --to all-nodes --synthetic 32 \
     -o "$work/pytorch-results.jsonl" -- --size 64 --batch-size 4 2>&1 | grep -v MIDR_EL1
 echo "--- $(wc -l < "$work/pytorch-results.jsonl") results, one per image; the first:"
 head -1 "$work/pytorch-results.jsonl"

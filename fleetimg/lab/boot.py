@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -32,6 +33,8 @@ from fleetimg.inventory import Fleet, Node
 from fleetimg.paths import state_dir
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import read_table_file
+
+log = logging.getLogger("fleetimg.lab")
 
 BOOT_TIMEOUT = 120.0
 # A board that reboots comes back, as a real one does: systemd-nspawn exits with 133 when
@@ -195,13 +198,16 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
         _plug_in(netns, host_end, inner, interface, _bridge(f"fleetimg-{lab_name}"))
         on_step(f"booting {card} as {node.name} ({node.address}) with systemd-nspawn")
         with open(state.console, "wb") as console:
-            # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up.
+            # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up. The
+            # keyring calls: runc (the card's Docker starting a container) makes a session
+            # keyring, which nspawn's default seccomp filter refuses.
             proc = runmod.spawn(
                 ["sh", "-c", _REBOOT_LOOP, "fleetimg-lab-boot",
                  "systemd-nspawn", "-D", str(mountpoint), "--boot", "--register=no",
                  "--keep-unit", f"--machine={node.name}",
                  f"--network-namespace-path=/run/netns/{netns}",
-                 "--capability=CAP_NET_ADMIN"],
+                 "--capability=CAP_NET_ADMIN",
+                 "--system-call-filter=add_key keyctl request_key"],
                 stdin=None, stdout=console, stderr=console, detach=True)
         state = BootedCard(**{**asdict(state), "pid": proc.pid})
         state_path.write_text(json.dumps(asdict(state)))
@@ -214,10 +220,34 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
                 + (f"; first failed unit: {failed}" if failed else "")
                 + f"; console: {tail}",
                 hint=f"the whole console is in {state.console}")
+        _writable_cgroups(proc.pid)
     except BaseException:
         stop_card(node.name)
         raise
     return state
+
+
+def _writable_cgroups(loop_pid: int) -> None:
+    """Let the card's Docker start containers, as on a board: on a cgroup v1 host nspawn
+    mounts the controllers read-only in the card, and runc must create its cgroups there.
+    Done from the host in the card's mount namespace (the card has no CAP_SYS_ADMIN); a
+    reboot of the card mounts them read-only again. Best effort: the lab boots without."""
+    nspawn = runmod.run(["pgrep", "-P", str(loop_pid), "-x", "systemd-nspawn"], check=False)
+    init = runmod.run(["pgrep", "-P", nspawn.stdout.split()[0]], check=False) \
+        if nspawn.stdout.split() else None
+    if init is None or not init.stdout.split():
+        log.info("card init not found under %d: its cgroups stay read-only", loop_pid)
+        return
+    pid = init.stdout.split()[0]
+    try:
+        mounts = Path(f"/proc/{pid}/mounts").read_text()
+    except OSError:
+        return
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "cgroup" and "ro" in fields[3].split(","):
+            runmod.run(["nsenter", "-t", pid, "-m", "mount", "-o", "remount,bind,rw",
+                        fields[1]], check=False)
 
 
 def stop_card(name: str) -> bool:

@@ -67,6 +67,10 @@ def test_card_node_boots_and_joins_the_fleet(
         got = on(fleet, "node2", f"docker image inspect --format '{{{{.Id}}}}' {app}")
         assert got == docker_client.images.get(app).id
         assert on(fleet, "node2", "docker info --format '{{.DefaultRuntime}}'") == "nvidia"
+        # ... and that engine starts containers (fleetimg run needs it): nspawn's read-only
+        # cgroup controllers and keyring filter are lifted by lab boot.
+        ran = on(fleet, "node2", f"docker run --rm --platform linux/arm64 {app}")
+        assert "card" in ran, ran
     finally:
         stop_card("node2")
     assert not booted_cards()
