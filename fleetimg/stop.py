@@ -53,14 +53,14 @@ def exit_code() -> int:
 
 def check() -> None:
     """Raise Interrupted once a stop was requested, except inside cleanup()."""
-    if _requested.is_set() and not getattr(_local, "cleanup", False):
+    if _requested.is_set() and not cleaning_up():
         raise Interrupted()
 
 
 @contextlib.contextmanager
 def cleanup() -> Iterator[None]:
     """Work that must still run after a stop (undoing a half-done step) in this thread."""
-    before = getattr(_local, "cleanup", False)
+    before = cleaning_up()
     _local.cleanup = True
     try:
         yield
@@ -80,7 +80,7 @@ def track(proc: subprocess.Popen[bytes]) -> None:
     """
     with _lock:
         _children.add(proc)
-        late = _requested.is_set() and not getattr(_local, "cleanup", False)
+        late = _requested.is_set() and not cleaning_up()
     if late:
         _end(proc, signal.SIGTERM)
 
