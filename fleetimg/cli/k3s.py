@@ -59,9 +59,6 @@ def manifests_cmd(app: AppContext, target: str, selection: str, image_ref: str |
     nvidia and node selection by the labels `fleetimg k3s label` sets. Checked against the
     Kubernetes API schema before anything is written; no cluster needed.
     """
-    if images_dir and not weights:
-        raise UsageError("--images needs --weights: real images want trained weights",
-                         hint="--weights /models/resnet50.pt (a path on the boards)")
     options = ManifestOptions(target=target, image=image_ref, images_dir=images_dir,
                               weights=weights, synthetic=synthetic, models_dir=models_dir)
     docs = manifests(app.fleet().select(selection), options)

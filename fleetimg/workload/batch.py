@@ -39,6 +39,37 @@ from fleetimg.workload.nodes import (
 # Where a node's files appear inside the worker container.
 IMAGES_MOUNT = "/data/images"
 WEIGHTS_MOUNT = "/models/weights"
+
+
+@dataclass(frozen=True)
+class HostMount:
+    name: str  # the volume's name in a K3s manifest
+    host: str  # path on the board
+    path: str  # path in the container (read-only)
+
+
+def worker_inputs(images_dir: str | None, weights: str | None,
+                  synthetic: int) -> tuple[dict[str, str], list[HostMount]]:
+    """What the pytorch worker is told about its data, the same for `run pytorch` and the
+    K3s Indexed Job: its environment and the board's files mounted into it."""
+    if images_dir and not weights:
+        raise UsageError("--images needs --weights: real images want trained weights",
+                         hint="--weights /models/resnet50.pt (a path on the boards), or "
+                         "leave out --images to measure throughput on synthetic images")
+    env: dict[str, str] = {}
+    mounts: list[HostMount] = []
+    if images_dir:
+        env["IMAGE_DIR"] = IMAGES_MOUNT
+        mounts.append(HostMount("images", images_dir, IMAGES_MOUNT))
+    else:
+        env["SYNTHETIC"] = str(synthetic)
+    if weights in (None, "", "random"):
+        env["WEIGHTS"] = "random"
+    else:
+        assert weights is not None
+        env["WEIGHTS"] = WEIGHTS_MOUNT
+        mounts.append(HostMount("weights", weights, WEIGHTS_MOUNT))
+    return env, mounts
 # Docker's exit code when `docker run` itself fails (no such image, bad runtime).
 DOCKER_RUN_FAILED = 125
 
@@ -182,10 +213,7 @@ def plan_batch(ssh: Ssh, nodes: Sequence[Node], options: BatchOptions) -> BatchP
     """Which slice runs where, after checking every node can run the image."""
     if not nodes:
         raise UsageError("no nodes selected", hint="--to all-nodes, a group, or node1,node2")
-    if options.images_dir and not options.weights:
-        raise UsageError("--images needs --weights: real images want trained weights",
-                         hint="--weights /models/resnet50.pt (a path on the boards), or "
-                         "leave out --images to measure throughput on synthetic images")
+    worker_inputs(options.images_dir, options.weights, options.synthetic)  # checks them
     if options.images_dir is None and options.synthetic < 1:
         raise UsageError(f"--synthetic {options.synthetic}: at least one image",
                          hint="e.g. --synthetic 120")
@@ -270,18 +298,9 @@ def _unfinished(plan: BatchPlan, outcomes: dict[int, SliceOutcome]) -> str:
 def _slice_command(worker: Worker, index: int, plan: BatchPlan) -> str:
     o = plan.options
     name = container_name(Kind.PYTORCH, str(index))
-    env: dict[str, object] = {"JOB_COMPLETION_INDEX": index, "TOTAL_JOBS": plan.total}
-    mounts: list[str] = []
-    if o.images_dir:
-        env["IMAGE_DIR"] = IMAGES_MOUNT
-        mounts += ["-v", f"{o.images_dir}:{IMAGES_MOUNT}:ro"]
-    else:
-        env["SYNTHETIC"] = o.synthetic
-    if o.weights in (None, "random"):
-        env["WEIGHTS"] = "random"
-    else:
-        env["WEIGHTS"] = WEIGHTS_MOUNT
-        mounts += ["-v", f"{o.weights}:{WEIGHTS_MOUNT}:ro"]
+    inputs, host_mounts = worker_inputs(o.images_dir, o.weights, o.synthetic)
+    env = {"JOB_COMPLETION_INDEX": str(index), "TOTAL_JOBS": str(plan.total), **inputs}
+    mounts = [a for m in host_mounts for a in ("-v", f"{m.host}:{m.path}:ro")]
     run = worker.command(
         "run", "-d", "--name", name, "--label", f"{RUN_LABEL}={Kind.PYTORCH.value}",
         "--label", f"{RUN_LABEL}.slice={index}", *worker.runtime_args(), *mounts,

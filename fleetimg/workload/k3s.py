@@ -29,6 +29,7 @@ from fleetimg.inventory import Node
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.push.localimage import assign_images, docker_client
 from fleetimg.ssh import Ssh
+from fleetimg.workload.batch import worker_inputs
 
 LABEL_L4T = "fleetimg/l4t"
 LABEL_MODULE = "fleetimg/module"
@@ -126,31 +127,14 @@ def _placement(group: ImageGroup) -> dict[str, Any]:
     }
 
 
-def _host_mount(name: str, host: str, mount: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    volume = {"name": name, "hostPath": {"path": host}}
-    return volume, {"name": name, "mountPath": mount, "readOnly": True}
-
-
 def indexed_job(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
     name = f"fleetimg-pytorch-{group.suffix}"
     count = len(group.nodes)
     labels = {"app.kubernetes.io/name": "pytorch", "fleetimg/job": name}
-    env = [{"name": "TOTAL_JOBS", "value": str(count)}]
-    volumes, mounts = [], []
-    if options.images_dir:
-        v, m = _host_mount("images", options.images_dir, "/data/images")
-        volumes.append(v)
-        mounts.append(m)
-        env.append({"name": "IMAGE_DIR", "value": "/data/images"})
-    else:
-        env.append({"name": "SYNTHETIC", "value": str(options.synthetic)})
-    if options.weights and options.weights != "random":
-        v, m = _host_mount("weights", options.weights, "/models/weights")
-        volumes.append(v)
-        mounts.append(m)
-        env.append({"name": "WEIGHTS", "value": "/models/weights"})
-    else:
-        env.append({"name": "WEIGHTS", "value": "random"})
+    inputs, host_mounts = worker_inputs(options.images_dir, options.weights, options.synthetic)
+    env = [{"name": k, "value": v} for k, v in {"TOTAL_JOBS": str(count), **inputs}.items()]
+    volumes = [{"name": m.name, "hostPath": {"path": m.host}} for m in host_mounts]
+    mounts = [{"name": m.name, "mountPath": m.path, "readOnly": True} for m in host_mounts]
     placement = _placement(group)
     # One slice per board: pods of this job never share a node.
     placement["affinity"]["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
@@ -176,7 +160,8 @@ def indexed_job(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
 def daemonset(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
     name = f"fleetimg-triton-{group.suffix}"
     labels = {"app.kubernetes.io/name": "triton", "fleetimg/daemonset": name}
-    volume, mount = _host_mount("models", options.models_dir, "/models")
+    volume = {"name": "models", "hostPath": {"path": options.models_dir}}
+    mount = {"name": "models", "mountPath": "/models", "readOnly": True}
     ports = [{"name": n, "containerPort": p, "hostPort": p}
              for n, p in (("http", 8000), ("grpc", 8001), ("metrics", 8002))]
     container = {

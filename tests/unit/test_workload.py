@@ -248,3 +248,19 @@ def test_label_command_is_quoted_for_the_server() -> None:
     assert label_command(fleet().node("orin1")) == (
         "sudo -n k3s kubectl label node orin1 fleetimg/l4t=R36.4.3 "
         "fleetimg/module=orin-nano --overwrite")
+
+
+def test_the_job_mounts_the_boards_data_as_run_does() -> None:
+    options = ManifestOptions("pytorch", image="x/pytorch:1", images_dir="/nfs/images",
+                              weights="/nfs/resnet50.pt")
+    (job,) = [d for d in manifests(fleet().nodes[:2], options) if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "images", "hostPath": {"path": "/nfs/images"}},
+                              {"name": "weights", "hostPath": {"path": "/nfs/resnet50.pt"}}]
+    container = pod["containers"][0]
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/data/images",
+                                                                   "/models/weights"]
+    assert {"name": "WEIGHTS", "value": "/models/weights"} in container["env"]
+    with pytest.raises(UsageError, match="--images needs --weights"):
+        manifests(fleet().nodes[:2], ManifestOptions("pytorch", image="x/pytorch:1",
+                                                     images_dir="/nfs/images"))
