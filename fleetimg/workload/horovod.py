@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TypeVar
 
 from fleetimg import private, stop
 from fleetimg.errors import FleetimgError, RunError, UsageError
@@ -37,6 +37,8 @@ from fleetimg.workload.nodes import (
     prepare_workers,
     stop_runs,
 )
+
+T = TypeVar("T")
 
 MPI_USER = "mpiuser"
 MPI_HOME = f"/home/{MPI_USER}"
@@ -136,11 +138,7 @@ def plan_horovod(ssh: Ssh, nodes: Sequence[Node], options: HorovodOptions) -> Ho
         raise RunError("the ranks would run different images ("
                        + ", ".join(f"{w.node.name}: {w.image}" for w in workers) + ")",
                        hint="train on boards of one L4T release: --to a group of them")
-    ifaces = for_each_node([w.node for w in workers], lambda n: _fleet_iface(ssh, n))
-    failed = [o.error for o in ifaces if o.error is not None]
-    if failed:
-        raise failed[0]
-    names = {o.node.name: o.value for o in ifaces}
+    names = _on_every(workers, lambda w: _fleet_iface(ssh, w.node))
     if len(set(names.values())) > 1:
         raise RunError(
             "Gloo needs one interface name on every node, and the fleet addresses are on "
@@ -149,6 +147,18 @@ def plan_horovod(ssh: Ssh, nodes: Sequence[Node], options: HorovodOptions) -> Ho
     command, checks = train_command(options.train)
     return HorovodPlan(tuple(workers), np, math.ceil(np / len(workers)),
                        next(iter(names.values())) or "eth0", command, checks, options)
+
+
+def _on_every(workers: Sequence[Worker], operation: Callable[[Worker], T]) -> dict[str, T]:
+    """`operation` on every worker at once; its value per node, or the first node's error:
+    training needs them all."""
+    by_name = {w.node.name: w for w in workers}
+    outcomes = for_each_node([w.node for w in workers],
+                             lambda node: operation(by_name[node.name]))
+    failed = [o.error for o in outcomes if o.error is not None]
+    if failed:
+        raise failed[0]
+    return {o.node.name: o.value for o in outcomes if o.value is not None}
 
 
 def _fleet_iface(ssh: Ssh, node: Node) -> str:
@@ -203,8 +213,8 @@ grep -qi ":$port 00000000:0000 0A\\|:$port 00000000000000000000000000000000:0000
 def _start_servers(ssh: Ssh, plan: HorovodPlan) -> dict[str, str]:
     name = container_name(Kind.HOROVOD)
 
-    def one(node: Node) -> str:
-        worker = next(w for w in plan.workers if w.node == node)
+    def one(worker: Worker) -> str:
+        node = worker.node
         ssh.run(node, _server_command(worker, plan), timeout=120)
         deadline = time.monotonic() + SSHD_WAIT_SECONDS
         while True:
@@ -225,11 +235,7 @@ def _start_servers(ssh: Ssh, plan: HorovodPlan) -> dict[str, str]:
                     hint=f"is port {plan.options.port} taken there? --port picks another")
             time.sleep(1)
 
-    outcomes = for_each_node([w.node for w in plan.workers], one)
-    failed = [o.error for o in outcomes if o.error is not None]
-    if failed:
-        raise failed[0]
-    return {o.node.name: o.value for o in outcomes if o.value is not None}
+    return _on_every(plan.workers, one)
 
 
 def _key_pair(fleet: Fleet) -> tuple[bytes, bytes]:
@@ -257,17 +263,14 @@ def _install_keys(ssh: Ssh, fleet: Fleet, plan: HorovodPlan, host_keys: dict[str
         ssh.run(worker.node, worker.command("exec", "-i", name, "sh", "-c", script),
                 input=body, timeout=60)
 
-    def one(node: Node) -> None:
-        worker = next(w for w in plan.workers if w.node == node)
+    def one(worker: Worker) -> bool:
         put(worker, f"{MPI_HOME}/.ssh/authorized_keys", pub, "600")
         put(worker, f"{MPI_HOME}/.ssh/known_hosts", known.encode(), "644")
-        if node.name == launcher:
+        if worker.node.name == launcher:
             put(worker, f"{MPI_HOME}/.ssh/id_ed25519", key, "600")
+        return True
 
-    outcomes = for_each_node([w.node for w in plan.workers], one)
-    failed = [o.error for o in outcomes if o.error is not None]
-    if failed:
-        raise failed[0]
+    _on_every(plan.workers, one)
 
 
 def _launch(ssh: Ssh, plan: HorovodPlan, on_line: Callable[[RankLine], None],

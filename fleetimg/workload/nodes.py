@@ -6,7 +6,7 @@ finds exactly what run started and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -115,8 +115,7 @@ echo $names
 """
 
 
-def stop_runs(ssh: Ssh, nodes: Sequence[Node], kind: Kind | None = None, *,
-              on_done: Callable[[NodeOutcome[list[str]]], None] | None = None,
+def stop_runs(ssh: Ssh, nodes: Sequence[Node], kind: Kind | None = None,
               ) -> list[NodeOutcome[list[str]]]:
     """Remove the containers `fleetimg run` started on each node; per node, their names."""
     label = f"{RUN_LABEL}={kind.value}" if kind else RUN_LABEL
@@ -126,4 +125,4 @@ def stop_runs(ssh: Ssh, nodes: Sequence[Node], kind: Kind | None = None, *,
                       timeout=60)
         return out.stdout.split()
 
-    return for_each_node(nodes, one, on_done=on_done)
+    return for_each_node(nodes, one)
