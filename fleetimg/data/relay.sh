@@ -82,7 +82,7 @@ stall=8
 # the workstation shows every relayed node's own progress as it goes.
 declare -A seen
 progress() {
-    local tee=$1 id n
+    local tee=$1 id n got
     got=$(awk '/^rchar/ { print $2 }' "/proc/$tee/io" 2>/dev/null) || return 0
     if [ -n "$got" ] && [ "$got" != "${reported:-}" ]; then
         reported=$got
