@@ -7,7 +7,7 @@ A lab fleet of 8 nodes ("fanout", 172.29.217.0/24) with every link shaped by tc 
   - each node's link, both ways (egress of its host-side veth = what it receives; egress of
     its eth0 inside the node = what it relays on).
 For N = 1, 2, 4, 8 nodes, starting each run from nodes without the image, it times:
-  hand      docker save | gzip > file, then scp + docker load node after node (seeds/003)
+  hand      docker save | gzip > file, then scp + docker load node after node (the manual workflow)
   direct    fleetimg push --fanout direct --parallel 8 (every node from the workstation)
   chain     fleetimg push --fanout chain (workstation -> node1 -> node2 -> ...)
   tree      fleetimg push --fanout tree:2
