@@ -119,6 +119,7 @@ def run(
     except BaseException:
         _abandon(proc)
         raise
+    stop.child_ended(proc.returncode)
     stdout = out.decode(errors="replace")
     stderr = err.decode(errors="replace")
     result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)

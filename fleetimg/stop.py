@@ -7,6 +7,13 @@ workers see their pipes close, and every external command or write loop checks t
 before going on, so nothing is re-fed, tagged or renamed after a stop. Only work marked as
 cleanup (removing a temporary tag, a `.part` file) still runs, with short timeouts. A second
 signal kills what is left and exits at once.
+
+The main thread must never wait without a timeout (use wait()): CPython runs a Python signal
+handler in the main thread only, and when the kernel hands the signal to a worker thread,
+a main thread blocked on a lock does not wake for it. Measured: Ctrl-C then took as long
+as the workers' current step (9 to 20 s in a push, whose re-feed it even let start). And a
+Ctrl-C in the terminal signals fleetimg's children too, so a worker can see its child die
+before the handler has run: child_ended() treats that as the stop it is.
 """
 
 from __future__ import annotations
@@ -17,16 +24,22 @@ import signal
 import subprocess
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent import futures
 from types import FrameType
+from typing import Any
 
 from fleetimg.errors import FleetimgError
 
 # Children get this long after SIGTERM before SIGKILL: enough for ssh to close its channel.
 KILL_GRACE_SECONDS = 1.5
 
+# How often a waiting main thread wakes to let a pending signal handler run.
+POLL_SECONDS = 0.2
+
 _requested = threading.Event()
 _signum = 0
+_signals_handled = 0
 _children: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
 _lock = threading.Lock()
 _local = threading.local()
@@ -119,6 +132,22 @@ def request(signum: int = signal.SIGINT) -> None:
         timer.start()
 
 
+def child_ended(returncode: int | None) -> None:
+    """Stop if a child died of SIGINT or SIGTERM: fleetimg only ends children that way in a
+    stop, so the signal came to the whole process group (Ctrl-C in the terminal, a kill of
+    the group) and may have reached the child before fleetimg's own handler ran."""
+    if returncode is not None and -returncode in (signal.SIGINT, signal.SIGTERM):
+        request(-returncode)
+
+
+def wait(pending: Iterable[futures.Future[Any]]) -> None:
+    """Wait for futures from the main thread, waking every POLL_SECONDS so that a signal
+    handler runs on time (see the module docstring)."""
+    rest = set(pending)
+    while rest:
+        rest = futures.wait(rest, timeout=POLL_SECONDS).not_done
+
+
 def _kill_all() -> None:
     with _lock:
         children = list(_children)
@@ -127,10 +156,13 @@ def _kill_all() -> None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    if _requested.is_set():
-        # The second Ctrl-C: the user does not want to wait for cleanup.
+    global _signals_handled
+    if _signals_handled:
+        # The second Ctrl-C: the user does not want to wait for cleanup. (Counted here, not
+        # by the flag: a worker may have set it from a child's death, for this same signal.)
         _kill_all()
         os._exit(128 + signum)
+    _signals_handled += 1
     request(signum)
     raise KeyboardInterrupt
 
@@ -143,8 +175,9 @@ def install() -> None:
 
 def reset() -> None:
     """Forget a stop (tests that request one in-process)."""
-    global _signum
+    global _signum, _signals_handled
     with _lock:
         _requested.clear()
         _signum = 0
+        _signals_handled = 0
         _unfinished.clear()

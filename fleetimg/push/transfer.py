@@ -167,7 +167,7 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
         for proc in (p for p in (save, comp, remote) if p is not None):
             if proc.poll() is None:
                 proc.kill()
-            proc.wait()
+            stop.child_ended(proc.wait())
         # After a stop the feeder is abandoned quickly: it only reads local files.
         feeder.join(timeout=2 if stop.requested() else 30)
     if watch.stalled:

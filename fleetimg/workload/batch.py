@@ -341,6 +341,7 @@ def _run_slice(ssh: Ssh, worker: Worker, index: int, plan: BatchPlan,
             proc.kill()
             proc.wait()
     reader.join(timeout=5)
+    stop.child_ended(rc)
     stop.check()
     stats: SliceStats | None = state["stats"]
     if rc == 0 and stats is not None:

@@ -309,6 +309,7 @@ def _launch(ssh: Ssh, plan: HorovodPlan, on_line: Callable[[RankLine], None],
             proc.kill()
             proc.wait()
     readers[0].join(timeout=5)
+    stop.child_ended(rc)
     stop.check()
     return HorovodReport(plan, rc, verdict[0] if verdict else None,
                          time.monotonic() - start, tuple(tail))
