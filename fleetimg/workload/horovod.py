@@ -4,9 +4,10 @@ On every selected node the horovod image's SSH server starts in a container on t
 network (port 2222, user mpiuser). fleetimg then gives each container what horovodrun needs
 and nobody writes by hand: the public key in authorized_keys, the other containers' host
 keys (read from each one over the workstation's verified SSH connection) in known_hosts,
-and every node's name and fleet address (`--add-host`), so a name never resolves to
-127.0.1.1. horovodrun starts from the first node with the private key and the hostfile made
-from the inventory; each rank's output comes back labelled with its node.
+checked strictly although horovodrun asks ssh not to (STRICT_SSH), and every node's name
+and fleet address (`--add-host`), so a name never resolves to 127.0.1.1. horovodrun starts
+from the first node with the private key and the hostfile made from the inventory; each
+rank's output comes back labelled with its node.
 
 Gloo binds to the network interface named in HOROVOD_GLOO_IFACE, one name for every rank
 (horovod's gloo_run). fleetimg reads which interface holds each node's fleet address and
@@ -48,6 +49,17 @@ VERDICT_RE = re.compile(r"replicas identical on (\d+) workers")
 # horovodrun's prefix on every rank's line (safe_shell_exec.prefix_connection).
 _RANK_RE = re.compile(r"^(?:[A-Z][a-z]{2} .{20})?\[(\d+)\]<(stdout|stderr)>:(.*)$")
 SSHD_WAIT_SECONDS = 120.0  # host keys are generated under QEMU on a workstation lab
+# horovodrun runs `ssh -o StrictHostKeyChecking=no ...` through the shell
+# (horovod/runner/util/remote.py, SSH_COMMAND_PREFIX), which would accept any host key for
+# a board's name. ssh keeps the first value it is given for an option, so this `ssh`, ahead
+# of /usr/bin in the image's PATH on the launcher, makes the known_hosts fleetimg wrote
+# binding: a wrong key ends the run instead of being accepted.
+STRICT_SSH = "/usr/local/bin/ssh"
+_STRICT_SSH_SCRIPT = """\
+#!/bin/sh
+# Written by fleetimg run horovod: host keys are checked whatever horovodrun passes.
+exec /usr/bin/ssh -o StrictHostKeyChecking=yes "$@"
+"""
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,10 @@ def _install_keys(ssh: Ssh, fleet: Fleet, plan: HorovodPlan, host_keys: dict[str
         put(worker, f"{MPI_HOME}/.ssh/known_hosts", known.encode(), "644")
         if worker.node.name == launcher:
             put(worker, f"{MPI_HOME}/.ssh/id_ed25519", key, "600")
+            ssh.run(worker.node, worker.command(
+                "exec", "-i", name, "sh", "-c",
+                f"cat > {STRICT_SSH} && chmod 755 {STRICT_SSH}"),
+                input=_STRICT_SSH_SCRIPT, timeout=60)
         return True
 
     _on_every(plan.workers, one)

@@ -191,6 +191,30 @@ def test_a_rank_that_fails_fails_the_run(horovod_on_lab: Fleet) -> None:
     assert "node3[2]: rank 2 on 3" in proc.stderr
 
 
+@pytest.mark.slow
+def test_the_launcher_checks_host_keys_although_horovodrun_says_not_to(
+        horovod_on_lab: Fleet, ssh: Ssh) -> None:
+    # horovodrun's ssh carries -o StrictHostKeyChecking=no; the launcher's known_hosts
+    # must still decide. --keep leaves the SSH servers to look at.
+    inv = str(horovod_on_lab.path)
+    proc = fleetimg("-i", inv, "run", "horovod", "--keep", "--json", "--", "true", timeout=900)
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        node1 = horovod_on_lab.node("node1")
+        as_mpiuser = "docker exec -u mpiuser -e HOME=/home/mpiuser fleetimg-run-horovod"
+        ok = ssh.run(node1, f"{as_mpiuser} ssh -o StrictHostKeyChecking=no -p 2222 node2 "
+                     "hostname", check=False)
+        assert ok.returncode == 0 and ok.stdout.strip() == "node2", ok.stdout + ok.stderr
+        # Without the known_hosts fleetimg wrote, node2's key is unknown: refused.
+        # (Its exit status is echoed: fleetimg's own ssh would take 255 for its own hop.)
+        refused = ssh.run(node1, f"{as_mpiuser} ssh -o StrictHostKeyChecking=no "
+                          "-o UserKnownHostsFile=/dev/null -p 2222 node2 hostname 2>&1; "
+                          "echo exit $?").stdout
+        assert "Host key verification failed" in refused and refused.endswith("exit 255\n")
+    finally:
+        assert fleetimg("-i", inv, "run", "--stop").returncode == 0
+
+
 def test_ctrl_c_stops_the_run_and_removes_every_worker(
         pytorch_on_lab: Fleet, ssh: Ssh, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
