@@ -40,12 +40,31 @@ BOOT_TIMEOUT = 120.0
 # A board that reboots comes back, as a real one does: systemd-nspawn exits with 133 when
 # the container reboots (systemd-nspawn(1)), and this loop starts it again; SIGTERM (lab
 # boot --stop) is passed on to nspawn, which shuts the card down cleanly.
+#
+# On every (re)boot it also lets the card's Docker start containers, as on a board: on a
+# cgroup v1 host nspawn mounts the controllers read-only in the card, and runc must create
+# its cgroups there. They are remounted writable from the host, in the card's mount
+# namespace (the card has no CAP_SYS_ADMIN), once the card's systemd (nspawn's child) runs.
+# Best effort: a card whose mounts never show up boots without.
 _REBOOT_LOOP = """
+writable_cgroups() {
+  tries=0
+  while [ "$tries" -lt 600 ] && kill -0 "$1" 2>/dev/null; do
+    init=$(pgrep -P "$1" -x systemd | head -n 1)
+    if [ -n "$init" ] && grep -q ' cgroup ' "/proc/$init/mounts" 2>/dev/null; then
+      awk '$3 == "cgroup" && $4 ~ /(^|,)ro(,|$)/ { print $2 }' "/proc/$init/mounts" |
+        while read -r dir; do nsenter -t "$init" -m mount -o remount,bind,rw "$dir"; done
+      return
+    fi
+    tries=$((tries + 1)); sleep 0.1
+  done
+}
 stopping=0
 trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
 while :; do
   "$@" < /dev/null &
   child=$!
+  writable_cgroups "$child" &
   wait "$child"; rc=$?
   while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
   if [ "$stopping" = 1 ] || [ "$rc" != 133 ]; then exit "$rc"; fi
@@ -220,34 +239,10 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
                 + (f"; first failed unit: {failed}" if failed else "")
                 + f"; console: {tail}",
                 hint=f"the whole console is in {state.console}")
-        _writable_cgroups(proc.pid)
     except BaseException:
         stop_card(node.name)
         raise
     return state
-
-
-def _writable_cgroups(loop_pid: int) -> None:
-    """Let the card's Docker start containers, as on a board: on a cgroup v1 host nspawn
-    mounts the controllers read-only in the card, and runc must create its cgroups there.
-    Done from the host in the card's mount namespace (the card has no CAP_SYS_ADMIN); a
-    reboot of the card mounts them read-only again. Best effort: the lab boots without."""
-    nspawn = runmod.run(["pgrep", "-P", str(loop_pid), "-x", "systemd-nspawn"], check=False)
-    init = runmod.run(["pgrep", "-P", nspawn.stdout.split()[0]], check=False) \
-        if nspawn.stdout.split() else None
-    if init is None or not init.stdout.split():
-        log.info("card init not found under %d: its cgroups stay read-only", loop_pid)
-        return
-    pid = init.stdout.split()[0]
-    try:
-        mounts = Path(f"/proc/{pid}/mounts").read_text()
-    except OSError:
-        return
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[2] == "cgroup" and "ro" in fields[3].split(","):
-            runmod.run(["nsenter", "-t", pid, "-m", "mount", "-o", "remount,bind,rw",
-                        fields[1]], check=False)
 
 
 def stop_card(name: str) -> bool:

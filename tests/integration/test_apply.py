@@ -169,6 +169,11 @@ def test_a_cloned_running_board_gets_its_own_identity_and_the_next_command_conne
     assert code == 0 and by_name(restarted)["node3"]["done"] == ["reboot"], restarted
     assert on(fleet, "node3", "cat /etc/machine-id") == new_id
     assert probe_one(fleet, "node3")["warnings"] == []  # no drift left
+    # The rebooted card's Docker can still start containers: lab boot's loop made its
+    # cgroup controllers writable again, as on the first boot.
+    read_only = on(fleet, "node3", "awk '$3 == \"cgroup\" && $4 ~ /(^|,)ro(,|$)/' "
+                   "/proc/self/mounts")
+    assert read_only == "", read_only
     code, plan = apply(fleet, "--to", "node3", "--dry-run")
     assert by_name(plan)["node3"]["pending_from_earlier"] == []
 
