@@ -201,13 +201,18 @@ def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
 @click.option("--timeout", default=120, show_default=True, type=click.IntRange(5, 900),
               help="Seconds to wait for the card to answer SSH at its address.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def boot_cmd(card: Path | None, name: str, list_only: bool, stop_name: str | None,
-             timeout: int, as_json: bool) -> None:
+@click.pass_context
+def boot_cmd(ctx: click.Context, card: Path | None, name: str, list_only: bool,
+             stop_name: str | None, timeout: int, as_json: bool) -> None:
     """Boot CARD (an image written by `fleetimg sdcard`) as a board on the lab's network.
 
     systemd-nspawn boots the card's APP partition; the board takes its hostname, static
     address, user and keys from the card, and what it writes lands in the card image.
     Waits until it answers SSH at the address its card gave it. Needs root.
+
+    The card's node comes from the lab's fleet.toml, or from -i / FLEETIMG_INVENTORY when
+    given (a lab fleet moved elsewhere with --dir); the lab is then the one that fleet
+    names, unless --name says otherwise.
     """
     from fleetimg import inventory
     from fleetimg.lab.boot import boot_card, booted_cards, stop_card
@@ -228,7 +233,13 @@ def boot_cmd(card: Path | None, name: str, list_only: bool, stop_name: str | Non
         return
     if card is None:
         raise UsageError("missing CARD", hint="fleetimg lab boot node4.img (or --list, --stop)")
-    fleet = inventory.load(LabConfig(name=name).fleet_file)
+    given = ctx.find_root().params.get("inventory_path")
+    if given is not None:
+        fleet = inventory.load(given)
+        if ctx.get_parameter_source("name") is click.core.ParameterSource.DEFAULT:
+            name = fleet.name
+    else:
+        fleet = inventory.load(LabConfig(name=name).fleet_file)
     booted = boot_card(fleet, name, card, timeout=timeout, on_step=_step)
     if as_json:
         emit_json(booted.__dict__)

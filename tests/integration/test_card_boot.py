@@ -156,7 +156,11 @@ def test_orin_card_boots_like_a_nano_card(
     config, fleet = cards_lab
     assert fleet.node("node4").module.name == "orin-nano"
     card = write_card(fleet, "node4", bootable_orin, tmp_path / "node4.img")
-    boot_card(fleet, config.name, card)
+    # Through the CLI, with this lab's fleet.toml (not in the default lab directory) as -i:
+    # the node and the lab both come from it.
+    code, booted = fleetimg_json("-i", str(fleet.path), "lab", "boot", str(card))
+    assert code == 0, booted
+    assert isinstance(booted, dict) and (booted["name"], booted["lab"]) == ("node4", config.name)
     try:
         probe = probe_one(fleet, "node4")
         assert (probe["l4t"], probe["jetpack"], probe["board"]) == ("R36.4.3", "6.2", "generic")
