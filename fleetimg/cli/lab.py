@@ -174,20 +174,22 @@ def app_cmd(tag: str, line: str, l4t: str) -> None:
               help="CA bundle for pip behind a TLS-intercepting proxy (a build secret).")
 def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
     """Build offline arm64 stand-ins for NGC's l4t-base, l4t-pytorch and the tritonserver
-    igpu image (debootstrap).
+    igpu image, and one for Docker Hub's debian:bookworm-slim (debootstrap).
 
-    `fleetimg build TARGET --standin` builds on them; nothing comes from NGC.
+    `fleetimg build TARGET --standin` builds on them; nothing comes from NGC or Docker Hub.
     """
     import docker
 
     from fleetimg.lab.standin import (
         ensure_standin_base,
+        ensure_standin_debian,
         ensure_standin_pytorch,
         ensure_standin_triton_igpu,
     )
 
     client = docker.from_env()
-    built = [ensure_standin_base(client, _step), ensure_standin_triton_igpu(client, _step)]
+    built = [ensure_standin_base(client, _step), ensure_standin_triton_igpu(client, _step),
+             ensure_standin_debian(client, _step)]
     if pytorch:
         built.append(ensure_standin_pytorch(client, ca_bundle, _step))
     click.echo("stand-in bases: " + ", ".join(built))

@@ -1,4 +1,5 @@
-"""Offline stand-ins for NVIDIA's NGC base images, built locally for tests and rehearsals.
+"""Offline stand-ins for the NGC and Docker Hub base images, built locally for tests and
+rehearsals.
 
 NGC is unreachable here, so the real Dockerfiles are built on these through `--base`:
 - `fleetimg/l4t-standin:base`: Debian 12 arm64 (debootstrap, both stages, the second under
@@ -6,18 +7,21 @@ NGC is unreachable here, so the real Dockerfiles are built on these through `--b
 - `fleetimg/l4t-standin:pytorch`: that plus CPU PyTorch, numpy and Pillow from PyPI,
   standing in for l4t-pytorch (JetPack 4/5) and jetson-containers' l4t-pytorch (JetPack 6);
 - `fleetimg/l4t-standin:tritonserver-igpu`: the base plus a stub /opt/tritonserver, standing
-  in for NGC's tritonserver:YY.MM-py3-igpu (the triton target's JetPack 6 base).
-Both are labelled linux/arm64 (built FROM scratch / FROM the first with BuildKit), so
-BuildKit uses them without trying a registry. They carry no CUDA: JetPack 4 mounts CUDA from
+  in for NGC's tritonserver:YY.MM-py3-igpu (the triton target's JetPack 6 base);
+- `fleetimg/debian-standin:bookworm`: Debian 12 for this machine's own platform, standing
+  in for Docker Hub's debian:bookworm-slim, where a build stage runs natively.
+They are labelled with their platform (built FROM scratch / FROM the first with BuildKit),
+so BuildKit uses them without trying a registry. They carry no CUDA: JetPack 4 mounts CUDA from
 the host at run time anyway, and nothing in a build may need a GPU.
 """
 
 from __future__ import annotations
 
+import platform
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import docker
@@ -31,6 +35,7 @@ from fleetimg.paths import state_dir
 STANDIN_BASE = "fleetimg/l4t-standin:base"
 STANDIN_PYTORCH = "fleetimg/l4t-standin:pytorch"
 STANDIN_TRITON_IGPU = "fleetimg/l4t-standin:tritonserver-igpu"
+STANDIN_DEBIAN = "fleetimg/debian-standin:bookworm"
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "curl")
 # CPU wheels on PyPI for Debian 12's Python 3.11 on aarch64.
 PYTORCH_PIP = ("torch==2.9.1", "numpy<2.3", "pillow")
@@ -68,38 +73,62 @@ def _exists(client: docker.DockerClient, tag: str) -> bool:
 
 def ensure_standin_base(client: docker.DockerClient,
                         on_step: Callable[[str], None] = lambda s: None) -> str:
-    if _exists(client, STANDIN_BASE):
-        return STANDIN_BASE
+    if not _exists(client, STANDIN_BASE):
+        _debootstrap_image(STANDIN_BASE, "arm64", BASE_PACKAGES, "l4t-base", on_step)
+    return STANDIN_BASE
+
+
+def ensure_standin_debian(client: docker.DockerClient,
+                          on_step: Callable[[str], None] = lambda s: None) -> str:
+    """Debian 12 for this machine, standing in for Docker Hub's debian:bookworm-slim: the
+    base of build stages that run natively (the horovod image's cross compiler)."""
+    if not _exists(client, STANDIN_DEBIAN):
+        _debootstrap_image(STANDIN_DEBIAN, _native_arch(), ("ca-certificates",), "debian",
+                           on_step)
+    return STANDIN_DEBIAN
+
+
+def _native_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _debootstrap_image(tag: str, arch: str, packages: Sequence[str], label: str,
+                       on_step: Callable[[str], None]) -> None:
+    """A minimal Debian 12 root filesystem for `arch` as image `tag`. A foreign one (arm64
+    here) runs debootstrap's second stage under QEMU (minutes); this machine's, natively."""
     runmod.require_tool("debootstrap")
     root_dir = state_dir() / "build"
     root_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="standin-", dir=root_dir))
     root = work / "root"
+    foreign = arch != _native_arch()
     try:
-        on_step("debootstrap bookworm arm64, first stage")
-        runmod.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign",
-                    f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(root),
-                    debian_mirror()])
-        on_step("second stage under QEMU (a few minutes)")
-        runmod.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
-                   timeout=3600)
+        on_step(f"debootstrap bookworm {arch}" + (", first stage" if foreign else ""))
+        runmod.run(["debootstrap", f"--arch={arch}", "--variant=minbase",
+                    *(["--foreign"] if foreign else []),
+                    f"--include={','.join(packages)}", "bookworm", str(root),
+                    debian_mirror()], timeout=3600)
+        if foreign:
+            on_step("second stage under QEMU (a few minutes)")
+            runmod.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
+                       timeout=3600)
         shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
         (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
         for deb in (root / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
-        on_step(f"packing the root filesystem as {STANDIN_BASE}")
+        on_step(f"packing the root filesystem as {tag}")
         runmod.run(["tar", "--numeric-owner", "-C", str(root), "-cf",
                     str(work / "rootfs.tar"), "."])
         shutil.rmtree(root)
         (work / "Dockerfile").write_text(
-            "FROM scratch\nADD rootfs.tar /\nLABEL io.fleetimg.standin=l4t-base\n"
+            f"FROM scratch\nADD rootfs.tar /\nLABEL io.fleetimg.standin={label}\n"
             'CMD ["/bin/bash"]\n')
         build = find_build_command()
-        runmod.run([*build.argv, "--platform", "linux/arm64", "-t", STANDIN_BASE, str(work)],
+        runmod.run([*build.argv, "--platform", f"linux/{arch}", "-t", tag, str(work)],
                    env=build.env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return STANDIN_BASE
 
 
 def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,

@@ -22,6 +22,7 @@ from fleetimg.lab.cardimage import build_bootable_card
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.lab.standin import (
     ensure_standin_base,
+    ensure_standin_debian,
     ensure_standin_pytorch,
     ensure_standin_triton_igpu,
 )
@@ -55,6 +56,14 @@ def standin_base(docker_client: docker.DockerClient) -> str:
 @pytest.fixture(scope="session")
 def standin_pytorch(docker_client: docker.DockerClient, standin_base: str) -> str:
     return ensure_standin_pytorch(docker_client, CA_BUNDLE)
+
+
+@pytest.fixture(scope="session")
+def standin_horovod(docker_client: docker.DockerClient, standin_pytorch: str) -> str:
+    """What the horovod target builds on: the l4t-pytorch stand-in, and the Debian one for
+    its cross-compile stage. Returns the former."""
+    ensure_standin_debian(docker_client)
+    return standin_pytorch
 
 
 @pytest.fixture(scope="session")

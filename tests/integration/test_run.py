@@ -154,7 +154,7 @@ def test_a_node_without_the_image_is_refused_with_the_push_that_fixes_it(
 
 
 @pytest.fixture(scope="module")
-def horovod_on_lab(lab_fleet: Fleet, standin_pytorch: str) -> Fleet:
+def horovod_on_lab(lab_fleet: Fleet, standin_horovod: str) -> Fleet:
     # Compiles Horovod under QEMU unless test_build's slow test left it in the cache.
     build_and_push(lab_fleet, "horovod", "--ca-bundle", str(CA_BUNDLE))
     return lab_fleet
