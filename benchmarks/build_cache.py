@@ -5,7 +5,8 @@ Cold: `fleetimg build TARGET --standin --no-cache`. Warm: the same after a one-l
 of the target's app code, with the cache. Goal: warm < 10% of cold, and every layer but the
 app's reused. Measured for pytorch (whose own steps are only the app copy: both times are
 BuildKit's fixed cost), triton (apt-get under QEMU before the app files) and, when asked,
-horovod (compiles Horovod under QEMU: a cold build took 27 minutes on 2 cores).
+horovod (cross-compiles Horovod's C++ natively; when it compiled under QEMU, a cold build
+took 27 minutes on 2 cores).
 
     python benchmarks/build_cache.py                      # pytorch and triton
     python benchmarks/build_cache.py --targets horovod
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from benchmarks import write_results  # noqa: E402
-from fleetimg.lab.standin import ensure_standin_pytorch  # noqa: E402
+from fleetimg.lab.standin import ensure_standin_debian, ensure_standin_pytorch  # noqa: E402
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 APP_FILE = {"pytorch": "app/classify.py", "triton": "triton-start",
@@ -68,6 +69,8 @@ def main() -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)}")
     client = docker.from_env()
     ensure_standin_pytorch(client, CA_BUNDLE if CA_BUNDLE.exists() else None)
+    if "horovod" in targets_wanted:
+        ensure_standin_debian(client)  # the base of its cross-compile stage
     report = {}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
