@@ -155,7 +155,8 @@ def test_a_node_without_the_image_is_refused_with_the_push_that_fixes_it(
 
 @pytest.fixture(scope="module")
 def horovod_on_lab(lab_fleet: Fleet, standin_horovod: str) -> Fleet:
-    # Compiles Horovod under QEMU unless test_build's slow test left it in the cache.
+    # Builds the Horovod image (a cross-compile, ~2 min) unless test_build's slow test left it
+    # in the cache.
     build_and_push(lab_fleet, "horovod", "--ca-bundle", str(CA_BUNDLE))
     return lab_fleet
 
