@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -62,15 +62,10 @@ def for_each_node(
 
     results: dict[str, NodeOutcome[T]] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes) or 1))) as pool:
-        pending = {pool.submit(one, node) for node in nodes}
-        while pending:
-            # Never an unbounded wait: in the main thread that would hold off Ctrl-C's
-            # handler (see fleetimg.stop).
-            done, pending = wait(pending, timeout=stop.POLL_SECONDS,
-                                 return_when=FIRST_COMPLETED)
-            for future in done:
-                outcome = future.result()
-                results[outcome.node.name] = outcome
-                if on_done is not None:
-                    on_done(outcome)
+        # Never an unbounded wait: in the main thread that would hold off Ctrl-C's handler.
+        for future in stop.as_completed(pool.submit(one, node) for node in nodes):
+            outcome = future.result()
+            results[outcome.node.name] = outcome
+            if on_done is not None:
+                on_done(outcome)
     return [results[n.name] for n in nodes]

@@ -8,7 +8,7 @@ before going on, so nothing is re-fed, tagged or renamed after a stop. Only work
 cleanup (removing a temporary tag, a `.part` file) still runs, with short timeouts. A second
 signal kills what is left and exits at once.
 
-The main thread must never wait without a timeout (use wait()): CPython runs a Python signal
+The main thread must never wait without a timeout (use as_completed()): CPython runs a Python signal
 handler in the main thread only, and when the kernel hands the signal to a worker thread,
 a main thread blocked on a lock does not wake for it. Measured: Ctrl-C then took as long
 as the workers' current step (9 to 20 s in a push, whose re-feed it even let start). And a
@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from types import FrameType
-from typing import Any
+from typing import TypeVar
 
 from fleetimg.errors import FleetimgError
 
@@ -36,6 +36,8 @@ KILL_GRACE_SECONDS = 1.5
 
 # How often a waiting main thread wakes to let a pending signal handler run.
 POLL_SECONDS = 0.2
+
+T = TypeVar("T")
 
 _requested = threading.Event()
 _signum = 0
@@ -140,12 +142,14 @@ def child_ended(returncode: int | None) -> None:
         request(-returncode)
 
 
-def wait(pending: Iterable[futures.Future[Any]]) -> None:
-    """Wait for futures from the main thread, waking every POLL_SECONDS so that a signal
-    handler runs on time (see the module docstring)."""
+def as_completed(pending: Iterable[futures.Future[T]]) -> Iterator[futures.Future[T]]:
+    """concurrent.futures.as_completed for the main thread: it wakes every POLL_SECONDS, so
+    that a signal handler runs on time (see the module docstring)."""
     rest = set(pending)
     while rest:
-        rest = futures.wait(rest, timeout=POLL_SECONDS).not_done
+        done, rest = futures.wait(rest, timeout=POLL_SECONDS,
+                                  return_when=futures.FIRST_COMPLETED)
+        yield from done
 
 
 def _kill_all() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import signal
@@ -33,8 +32,6 @@ from fleetimg.inventory import Fleet, Node
 from fleetimg.paths import state_dir
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import read_table_file
-
-log = logging.getLogger("fleetimg.lab")
 
 BOOT_TIMEOUT = 120.0
 # A board that reboots comes back, as a real one does: systemd-nspawn exits with 133 when

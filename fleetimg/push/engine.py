@@ -205,8 +205,7 @@ def execute(ssh: Ssh, image: LocalImage, plans: list[NodeOutcome[NodePlan]],
         with ThreadPoolExecutor(max_workers=max(1, options.parallel)) as pool:
             futures = [pool.submit(direct_one, p) for p in delivery.direct]
             futures += [pool.submit(group_one, g) for g in delivery.groups]
-            stop.wait(futures)
-            for future in futures:
+            for future in stop.as_completed(futures):
                 for outcome in future.result():
                     outcomes[outcome.node.name] = outcome
     except BaseException:
