@@ -14,6 +14,13 @@ a main thread blocked on a lock does not wake for it. Measured: Ctrl-C then took
 as the workers' current step (9 to 20 s in a push, whose re-feed it even let start). And a
 Ctrl-C in the terminal signals fleetimg's children too, so a worker can see its child die
 before the handler has run: child_ended() treats that as the stop it is.
+
+Started in the background (a script's `cmd &`, nohup, a CI runner), fleetimg inherits
+SIGINT or SIGHUP ignored; it keeps them ignored, as POSIX shells and Python itself do, so a
+Ctrl-C meant for the terminal's foreground job or a hang-up does not stop it. SIGTERM is
+always handled: it is how CI runners and systemd stop a command, and handling it is what
+gives every child SIGTERM at its default (exec resets a handled signal, never an ignored
+one), so the SIGTERM a stop sends them ends them.
 """
 
 from __future__ import annotations
@@ -47,6 +54,12 @@ _lock = threading.Lock()
 _local = threading.local()
 _unfinished: list[str] = []
 
+# Ctrl-C, a hang-up of the terminal, kill / systemd / a CI runner's cancel.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+# The stop signals this process handles; before install() (an in-process caller such as a
+# test), a child's death by any of them is the stop.
+_handled: set[int] = set(STOP_SIGNALS)
+
 
 class Interrupted(FleetimgError):
     """The user stopped fleetimg (Ctrl-C, SIGTERM); raised where work would otherwise go on."""
@@ -62,7 +75,7 @@ def requested() -> bool:
 
 
 def exit_code() -> int:
-    """128 + the signal, as a shell reports it: 130 for SIGINT, 143 for SIGTERM."""
+    """128 + the signal, as a shell reports it: 130 for SIGINT, 129 SIGHUP, 143 SIGTERM."""
     return 128 + (_signum or signal.SIGINT)
 
 
@@ -135,10 +148,12 @@ def request(signum: int = signal.SIGINT) -> None:
 
 
 def child_ended(returncode: int | None) -> None:
-    """Stop if a child died of SIGINT or SIGTERM: fleetimg only ends children that way in a
+    """Stop if a child died of a stop signal: fleetimg only ends children that way in a
     stop, so the signal came to the whole process group (Ctrl-C in the terminal, a kill of
-    the group) and may have reached the child before fleetimg's own handler ran."""
-    if returncode is not None and -returncode in (signal.SIGINT, signal.SIGTERM):
+    the group, a hang-up) and may have reached the child before fleetimg's own handler ran.
+    A signal fleetimg ignores cannot be this stop: the child inherited it ignored, unless
+    it set its own disposition, and then its death is its own failure."""
+    if returncode is not None and -returncode in _handled:
         request(-returncode)
 
 
@@ -172,9 +187,17 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM here; call once, from the main thread."""
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    """Route the stop signals here; call once, from the main thread.
+
+    SIGINT and SIGHUP stay ignored when fleetimg started with them ignored (see the module
+    docstring); SIGTERM is handled whatever it inherited.
+    """
+    _handled.clear()
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        signal.signal(sig, _handler)
+        _handled.add(sig)
 
 
 def reset() -> None:

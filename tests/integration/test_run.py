@@ -19,6 +19,7 @@ from fleetimg.lab.manager import LabConfig
 from fleetimg.ssh import Ssh
 from tests.integration.conftest import CA_BUNDLE, fleetimg, fleetimg_json
 from tests.integration.test_push_relay import wait_back
+from tests.terminal import from_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +223,8 @@ def test_ctrl_c_stops_the_run_and_removes_every_worker(
     out.write_text("an earlier run's file\n")
     argv = [sys.executable, "-m", "fleetimg", "-i", str(pytorch_on_lab.path), "run",
             "pytorch", "--synthetic", "60", "-o", str(out), *SMALL]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(from_terminal(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     assert proc.stderr is not None
     seen: list[str] = []
     for line in proc.stderr:

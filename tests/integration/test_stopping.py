@@ -16,6 +16,7 @@ from fleetimg.inventory import Fleet
 from fleetimg.ssh import Ssh
 from tests.integration.conftest import assert_every_node_has, fleetimg_json
 from tests.integration.images import build_app_image
+from tests.terminal import from_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +52,8 @@ def test_signal_stops_a_push_and_a_rerun_completes(
     forget_everywhere(ssh, lab_fleet, big_image)
     inv = str(lab_fleet.path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetimg", "-i", inv, "push", big_image, "--fanout", fanout,
-         "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        from_terminal([sys.executable, "-m", "fleetimg", "-i", inv, "push", big_image,
+                       "--fanout", fanout, "-q"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     time.sleep(2)  # the scenario: a signal 2 s into the push
     assert proc.poll() is None, proc.communicate()

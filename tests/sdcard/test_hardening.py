@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fleetimg.inventory import Fleet
 from fleetimg.sdcard.source import cache_dir
+from tests.terminal import from_terminal
 
 
 def digest(path: Path) -> str:
@@ -126,8 +127,8 @@ def test_interrupt_during_card_write_leaves_no_file(
     out = tmp_path / "node1.img"
     part = out.with_name(out.name + ".part")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetimg", "-i", str(fleet.path), "sdcard", "--node", "node1",
-         "--image", str(large_image), str(out)],
+        from_terminal([sys.executable, "-m", "fleetimg", "-i", str(fleet.path), "sdcard",
+                       "--node", "node1", "--image", str(large_image), str(out)]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     while not part.exists():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from fleetimg import run as runmod
 from fleetimg import stop
 from fleetimg.inventory import parse
 from fleetimg.parallel import for_each_node
+from tests.terminal import from_terminal, in_background
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +94,8 @@ def test_second_signal_exits_at_once() -> None:
         "    print('stopping', flush=True)\n"
         "    time.sleep(30)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(from_terminal([sys.executable, "-c", script]),
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
     assert proc.stdout.readline() == "stopping\n"
@@ -157,7 +159,8 @@ def test_a_signal_reaches_a_main_thread_that_waits_on_workers(attempt: int) -> N
     # CPython runs signal handlers in the main thread only; when the kernel hands the signal
     # to a busy worker, a main thread blocked without a timeout never woke for it, and the
     # workers ran on (a push's re-feed even started). The main thread now waits in slices.
-    proc = subprocess.Popen([sys.executable, "-c", _WAITING_MAIN], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(from_terminal([sys.executable, "-c", _WAITING_MAIN]),
+                            stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     assert proc.stdout is not None
     for _ in range(3):
@@ -174,10 +177,88 @@ def test_a_child_killed_by_the_terminals_ctrl_c_is_a_stop() -> None:
     # Ctrl-C signals the whole process group: a worker can see its child die of SIGINT
     # before fleetimg's own handler has run. That is the stop, not the node's failure.
     with pytest.raises(stop.Interrupted):
-        runmod.run(["sh", "-c", "kill -INT $$"])
+        runmod.run(from_terminal(["sh", "-c", "kill -INT $$"]))
     assert stop.requested() and stop.exit_code() == 130
     # A child that exits with an error of its own is still its own failure.
     stop.reset()
     with pytest.raises(runmod.CommandError):
         runmod.run(["sh", "-c", "exit 3"])
     assert not stop.requested()
+
+
+# fleetimg started one way or another, with one child that reports its pid and which signals
+# it ignores; the test then signals fleetimg alone (not its group), so only fleetimg's stop
+# can end the child.
+_ONE_CHILD = """
+import sys, time
+from fleetimg import run, stop
+
+stop.install()
+try:
+    child = run.spawn(["sh", "-c", "echo $$ $(grep ^SigIgn: /proc/self/status); exec sleep 30"])
+    assert child.stdout is not None
+    print(child.stdout.readline().decode().strip(), flush=True)
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("stopped by", stop.exit_code() - 128, flush=True)
+sys.exit(stop.exit_code())
+"""
+
+
+def _ignored(mask_hex: str) -> set[int]:
+    mask = int(mask_hex, 16)
+    return {sig for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM) if mask >> (sig - 1) & 1}
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(("launch", "signals", "child_ignores", "code"), [
+    # A terminal's foreground job: Ctrl-C is the stop; the child takes SIGINT at its default.
+    (from_terminal, [signal.SIGINT], set(), 130),
+    # `nohup fleetimg ... &` from a script, cron, a CI runner: a Ctrl-C stays ignored, by
+    # fleetimg and its child alike (the first signal below does nothing); SIGTERM stops it.
+    (in_background, [signal.SIGINT, signal.SIGTERM], {signal.SIGINT, signal.SIGHUP}, 143),
+    # Even an inherited SIGTERM ignore does not reach the child: a stop ends children with
+    # SIGTERM, so they must take it.
+    (lambda argv: ["env", "--ignore-signal=INT,HUP,TERM", *argv],
+     [signal.SIGINT, signal.SIGTERM], {signal.SIGINT, signal.SIGHUP}, 143),
+])
+def test_a_stop_ends_the_children_however_fleetimg_was_started(
+        launch: Callable[[list[str]], list[str]], signals: list[signal.Signals],
+        child_ignores: set[int], code: int) -> None:
+    proc = subprocess.Popen(launch([sys.executable, "-c", _ONE_CHILD]), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    pid, _, mask = proc.stdout.readline().split()
+    assert _ignored(mask) == child_ignores
+    for sig in signals:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    # One stop, by the last signal: a handled Ctrl-C followed by SIGTERM would have been a
+    # second signal, which exits at once without this line.
+    assert (proc.returncode, out) == (code, f"stopped by {signals[-1]}\n")
+    # fleetimg exits without waiting for its SIGKILL timer: the SIGTERM it sent ended the child.
+    deadline = time.monotonic() + 10
+    while _running(int(pid)):
+        assert time.monotonic() < deadline, "the child outlived the stop"
+        time.sleep(0.02)
+
+
+def test_the_stop_tests_pass_in_a_background_job_with_no_terminal() -> None:
+    # As `nohup bash .ci/run < /dev/null > log 2>&1 &` runs them: SIGINT and SIGHUP
+    # ignored, stdin /dev/null, no controlling terminal (a new session has none).
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        in_background([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       "tests/unit/test_stop.py", "-k", "not background_job"]),
+        cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
