@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from fleetimg import newfile
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import InventoryError, UsageError
 from fleetimg.l4t import KNOWN_FAMILIES_TEXT, UNSUPPORTED_FAMILIES, L4TRelease
@@ -30,6 +31,10 @@ class Runtime(str, Enum):
     K3S = "k3s"
 
 
+# JetPack 4.2, the first release for the Nano: the floor of every R32 module.
+_JETPACK_42 = L4TRelease(32, 1, 0)
+
+
 @dataclass(frozen=True)
 class Module:
     name: str
@@ -41,25 +46,62 @@ class Module:
     # The devkit's Ethernet port as the kernel names it: a Realtek PCIe NIC on the Orin
     # Nano/NX devkits (unverified on every carrier: probe reads `ip -o link`).
     ethernet: str = "eth0"
+    # The first L4T release NVIDIA shipped for the module and the last major that has one
+    # (docs/releases.md, "Modules and releases"): JetPack 4 was the last for the Nano and
+    # TX2, JetPack 5 for Xavier; Orin starts at JetPack 5.
+    first: L4TRelease = _JETPACK_42
+    last_major: int = 32
+    # Whether the module boots from an SD card: only devkit modules have the slot (Nano
+    # p3448-0000/-0003, Xavier NX p3668-0000, the Orin Nano devkit's p3767-0005). The rest
+    # boot from eMMC or NVMe, flashed over USB: `fleetimg apply` sets them up instead.
+    sd_card: bool = False
+    # BOARD in an R32 image's /etc/nv_tegra_release for this module's family; from R35
+    # on, NVIDIA writes a neutral value (R36: "generic").
+    r32_boards: tuple[str, ...] = ()
 
+    def supports(self, release: L4TRelease) -> bool:
+        return self.first <= release and release.major <= self.last_major
+
+    @property
+    def releases_text(self) -> str:
+        last = {32: "R32 (JetPack 4)", 35: "R35 (JetPack 5)", 36: "R36 (JetPack 6)"}
+        return f"{self.first} to {last.get(self.last_major, f'R{self.last_major}')}"
+
+
+_T210 = ("t210ref",)
+_T186 = ("t186ref",)
+_XAVIER = ("t186ref", "t194ref")
 
 MODULES: Mapping[str, Module] = {
     m.name: m
     for m in (
-        Module("nano-4gb", "Jetson Nano 4GB", "t210", "5.3", ("p3448",)),
-        Module("nano-2gb", "Jetson Nano 2GB", "t210", "5.3", ("p3448", "p3541")),
-        Module("tx1", "Jetson TX1", "t210", "5.3", ("p2180",)),
-        Module("tx2", "Jetson TX2", "t186", "6.2", ("p3310", "p3489")),
-        Module("tx2-nx", "Jetson TX2 NX", "t186", "6.2", ("p3636",)),
-        Module("xavier-nx", "Jetson Xavier NX", "t194", "7.2", ("p3668",)),
-        Module("agx-xavier", "Jetson AGX Xavier", "t194", "7.2", ("p2888",)),
-        Module("orin-nano", "Jetson Orin Nano", "t234", "8.7",
-               ("p3767-0003", "p3767-0004", "p3767-0005"), "enP8p1s0"),
+        Module("nano-4gb", "Jetson Nano 4GB (devkit, SD card)", "t210", "5.3", ("p3448",),
+               sd_card=True, r32_boards=_T210),
+        Module("nano-2gb", "Jetson Nano 2GB (devkit, SD card)", "t210", "5.3",
+               ("p3448", "p3541"), first=L4TRelease(32, 4, 4), sd_card=True,
+               r32_boards=_T210),
+        Module("nano-emmc", "Jetson Nano 4GB production module (eMMC)", "t210", "5.3",
+               ("p3448-0002",), r32_boards=_T210),
+        Module("tx1", "Jetson TX1", "t210", "5.3", ("p2180",), r32_boards=_T210),
+        Module("tx2", "Jetson TX2", "t186", "6.2", ("p3310", "p3489"), r32_boards=_T186),
+        Module("tx2-nx", "Jetson TX2 NX", "t186", "6.2", ("p3636",), r32_boards=_T186),
+        Module("xavier-nx", "Jetson Xavier NX (devkit, SD card)", "t194", "7.2", ("p3668",),
+               first=L4TRelease(32, 4, 2), last_major=35, sd_card=True, r32_boards=_XAVIER),
+        Module("agx-xavier", "Jetson AGX Xavier", "t194", "7.2", ("p2888",), last_major=35,
+               r32_boards=_XAVIER),
+        Module("orin-nano", "Jetson Orin Nano (devkit, SD card)", "t234", "8.7",
+               ("p3767-0003", "p3767-0004", "p3767-0005"), "enP8p1s0",
+               first=L4TRelease(35, 3, 1), last_major=36, sd_card=True),
         Module("orin-nx", "Jetson Orin NX", "t234", "8.7", ("p3767-0000", "p3767-0001"),
-               "enP8p1s0"),
-        Module("agx-orin", "Jetson AGX Orin", "t234", "8.7", ("p3701",)),
+               "enP8p1s0", first=L4TRelease(35, 2, 1), last_major=36),
+        Module("agx-orin", "Jetson AGX Orin", "t234", "8.7", ("p3701",),
+               first=L4TRelease(34, 1, 0), last_major=36),
     )
 }
+
+
+def fitting_modules(release: L4TRelease) -> list[str]:
+    return [m.name for m in MODULES.values() if m.supports(release)]
 
 
 def modules_for_compatible(compatible: str) -> tuple[str, ...]:
@@ -71,6 +113,7 @@ def modules_for_compatible(compatible: str) -> tuple[str, ...]:
 IMPLICIT_GROUPS = ("all-nodes", "masters", "workers")
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$", re.IGNORECASE)
+_FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SHA512_CRYPT_RE = re.compile(r"\$6\$(rounds=[0-9]{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
 
@@ -217,6 +260,11 @@ class Fleet:
         return chosen
 
 
+# A fleet.toml of 24 nodes is about 3 KB; a file thousands of times larger is not one, and
+# parsing it would take minutes.
+MAX_INVENTORY_BYTES = 1 << 20
+
+
 def load(path: Path) -> Fleet:
     """Read and validate fleet.toml."""
     if not path.exists():
@@ -225,6 +273,14 @@ def load(path: Path) -> Fleet:
             hint="create one with `fleetimg init --nodes 4 --subnet 192.168.10.0/24`, "
             "or point to it with -i FILE / FLEETIMG_INVENTORY",
         )
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if size > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"{path} is {size:,} bytes: too large for a fleet inventory "
+                             f"(at most {MAX_INVENTORY_BYTES:,})",
+                             hint="point -i at your fleet.toml; 24 nodes take about 3 KB")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -237,7 +293,9 @@ def load(path: Path) -> Fleet:
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise InventoryError(f"{path}: not valid TOML: {exc}") from exc
+        raise InventoryError(f"{path}: not valid TOML: {exc}",
+                             hint="fix the line and column named; `fleetimg init -o "
+                             "example.toml` writes a valid, commented example") from exc
     return parse(data, base_dir=path.parent, path=path)
 
 
@@ -272,7 +330,17 @@ def _path(value: Any, base_dir: Path, where: str, p: _Problems, must_exist: bool
     if not path.is_absolute():
         path = base_dir / path
     if must_exist and not path.is_file():
-        p.add(where, f"file {path} does not exist")
+        p.add(where, f"{path} is a directory, not a file" if path.is_dir()
+              else f"file {path} does not exist")
+    return path
+
+
+def _secret_path(value: Any, base_dir: Path, where: str, p: _Problems) -> Path | None:
+    """A file that holds a secret: like ssh, refuse one that others can read."""
+    path = _path(value, base_dir, where, p, must_exist=True)
+    if path is not None and path.is_file() and path.stat().st_mode & 0o077:
+        p.add(where, f"{path} can be read by other users (mode "
+              f"{path.stat().st_mode & 0o777:o}): run `chmod 600 {path}`")
     return path
 
 
@@ -355,7 +423,9 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
         p.add(key, "unknown table (expected [fleet], [sdcard] and [[nodes]])")
     fleet_t = data.get("fleet", {})
     if not isinstance(fleet_t, Mapping):
-        raise InventoryError("fleet: must be a table ([fleet])")
+        raise InventoryError(f"{path or 'inventory'}: fleet must be a table, got "
+                             f"{fleet_t!r}", hint="write it as a [fleet] section; "
+                             "`fleetimg init -o example.toml` shows one")
     d = _fleet_defaults(fleet_t, base_dir, p)
     nodes_raw = data.get("nodes", [])
     if not isinstance(nodes_raw, list) or not nodes_raw:
@@ -414,7 +484,7 @@ def _fleet_defaults(fleet_t: Mapping[str, Any], base_dir: Path, p: _Problems) ->
     _check_keys(fleet_t, FLEET_KEYS, "fleet", p)
     subnet = _subnet(fleet_t, p)
     return _FleetDefaults(
-        name=_str(fleet_t.get("name", "fleet"), "fleet.name", p) or "fleet",
+        name=_fleet_name(fleet_t.get("name", "fleet"), p),
         user=_user(fleet_t.get("user", "jetson"), "fleet.user", p) or "jetson",
         ssh_key=_path(fleet_t.get("ssh_key"), base_dir, "fleet.ssh_key", p, must_exist=True),
         port=_port(fleet_t.get("port", 22), "fleet.port", p) or 22,
@@ -429,6 +499,17 @@ def _fleet_defaults(fleet_t: Mapping[str, Any], base_dir: Path, p: _Problems) ->
         gateway=_gateway(fleet_t, subnet, p),
         dns=_dns(fleet_t, p),
     )
+
+
+def _fleet_name(value: Any, p: _Problems) -> str:
+    # The name reaches key comments, container and volume names and the terminal: a safe
+    # set only (a newline in it once added a key line to every card's authorized_keys).
+    text = _str(value, "fleet.name", p)
+    if text is not None and not _FLEET_NAME_RE.match(text):
+        p.add("fleet.name", f"{text!r}: letters, digits, '.', '_' and '-' only, starting "
+              "with a letter or digit, at most 63 characters")
+        return "fleet"
+    return text or "fleet"
 
 
 def _subnet(fleet_t: Mapping[str, Any], p: _Problems) -> ipaddress.IPv4Network | None:
@@ -497,6 +578,10 @@ def _node(raw: Any, i: int, d: _FleetDefaults, seen: _Seen, base_dir: Path,
                if "runtime" in raw else d.runtime)
     firmware = (_firmware(raw.get("firmware"), f"{where}.firmware", p)
                 if "firmware" in raw else d.firmware)
+    if module is not None and l4t is not None and not module.supports(l4t):
+        p.add(f"{where}.l4t", f"{l4t} does not run on a {module.description}, which runs "
+              f"{module.releases_text} (on {l4t}: {', '.join(fitting_modules(l4t)) or 'none'})")
+        return None
     if name is None or address is None or role is None or module is None or l4t is None \
             or runtime is None:
         return None
@@ -640,8 +725,8 @@ def _parse_sdcard(
         swap=swap,
         docker_nvidia_default=_bool(table, "docker_nvidia_default", True, p),
         k3s_server=server,
-        k3s_token_file=_path(table.get("k3s_token_file"), base_dir, "sdcard.k3s_token_file",
-                             p, must_exist=True),
+        k3s_token_file=_secret_path(table.get("k3s_token_file"), base_dir,
+                                    "sdcard.k3s_token_file", p),
         internal_ssh_key=_bool(table, "internal_ssh_key", False, p),
         power_mode=_power_mode(table.get("power_mode"), p),
     )
@@ -731,4 +816,25 @@ def starter_toml(
         if i == 0:
             lines.append('# groups = ["nfs-server"]  # extra groups for --to')
         lines.append("")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    try:
+        parse(tomllib.loads(text), base_dir=Path.cwd())
+    except InventoryError as exc:
+        # An option the inventory itself refuses (--l4t R99.1, --name "a b", a module on a
+        # release it never ran): said now, before anything is written.
+        problems = exc.message.split(":\n  ", 1)[-1].replace("\n  ", "; ")
+        raise UsageError(f"these options make an invalid inventory: {problems}",
+                         hint="fix --l4t, --module or --name; `fleetimg init --help` "
+                         "lists them") from exc
+    return text
+
+
+def write_starter(target: Path, text: str, *, force: bool) -> None:
+    """Put a starter inventory at `target`: whole or not at all, never through a link."""
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory",
+                         hint=f"name the file to write, e.g. -o {target / 'fleet.toml'}")
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="use --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    newfile.write_atomic(target, text.encode())

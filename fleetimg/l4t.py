@@ -62,7 +62,8 @@ BOARDS: dict[str, str] = {
     "generic": "Jetson (generic L4T board)",
 }
 
-_RELEASE_RE = re.compile(r"^[rR]?(\d+)\.(\d+)(?:\.(\d+))?$")
+# Up to three digits a part: NVIDIA's run to R39.x; a 20-digit patch level is a typo.
+_RELEASE_RE = re.compile(r"^[rR]?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?$")
 _TEGRA_RE = re.compile(
     r"#\s*R(?P<major>\d+)\s*\(release\),\s*REVISION:\s*(?P<minor>\d+)(?:\.(?P<patch>\d+))?"
     r"(?P<rest>.*)$"

@@ -29,4 +29,5 @@ def log_file() -> Path:
 
 
 def default_inventory() -> Path:
-    return Path(os.environ.get("FLEETIMG_INVENTORY", "fleet.toml"))
+    # Set but empty (FLEETIMG_INVENTORY=) means unset, not the current directory.
+    return Path(os.environ.get("FLEETIMG_INVENTORY", "").strip() or "fleet.toml")

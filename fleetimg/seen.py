@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from fleetimg import newfile
 from fleetimg.paths import state_dir
 
 
 def _path() -> Path:
     return state_dir() / "addresses.json"
-
 
 def _load() -> dict[str, dict[str, str]]:
     with contextlib.suppress(OSError, ValueError):
@@ -24,11 +22,9 @@ def _load() -> dict[str, dict[str, str]]:
             return data
     return {}
 
-
 def last_address(fleet_name: str, node_name: str) -> str | None:
     found = _load().get(fleet_name, {}).get(node_name)
     return found if isinstance(found, str) else None
-
 
 def record(fleet_name: str, addresses: Mapping[str, str]) -> None:
     """Remember where these nodes answered; written whole by a rename, so a crash or a
@@ -39,7 +35,4 @@ def record(fleet_name: str, addresses: Mapping[str, str]) -> None:
     data.setdefault(fleet_name, {}).update(addresses)
     directory = state_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".addresses.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, _path())
+    newfile.write_atomic(_path(), json.dumps(data, indent=1, sort_keys=True).encode())

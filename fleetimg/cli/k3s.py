@@ -9,6 +9,7 @@ import click
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import error_json, ok_word, render_outcomes
 from fleetimg.errors import UsageError
+from fleetimg.newfile import write_atomic
 from fleetimg.parallel import NodeOutcome
 from fleetimg.workload.k3s import (
     DEFAULT_K8S_VERSION,
@@ -67,9 +68,7 @@ def manifests_cmd(app: AppContext, target: str, selection: str, image_ref: str |
     if output is None:
         click.echo(text, nl=False)
         return
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
+    write_atomic(output, text.encode())
     kinds = ", ".join(f"{d['kind']} {d['metadata']['name']}" for d in docs)
     click.echo(f"wrote {output}: {kinds} (valid for Kubernetes {k8s_version}); "
                f"apply: sudo k3s kubectl apply -f {output.name}", err=True)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
+from click.core import ParameterSource
 
 from fleetimg import __version__, doctor, inventory, stop
 from fleetimg.cli.context import AppContext, pass_app
 from fleetimg.cli.render import emit_json, ok_word
-from fleetimg.errors import FleetimgError, UsageError
+from fleetimg.errors import FleetimgError
+from fleetimg.inventory import write_starter
 from fleetimg.paths import default_inventory, log_file
 
 
@@ -37,6 +42,9 @@ def cli(ctx: click.Context, inventory_path: Path | None, verbose: bool) -> None:
       fleetimg lab up --nodes 3       rehearse on local containers first
     """
     _setup_logging(verbose)
+    if ctx.get_parameter_source("inventory_path") is ParameterSource.ENVIRONMENT \
+            and not os.environ.get("FLEETIMG_INVENTORY", "").strip():
+        inventory_path = None  # FLEETIMG_INVENTORY= (set but empty) means unset, not "."
     ctx.obj = AppContext(inventory_path or default_inventory(), verbose)
 
 
@@ -50,13 +58,27 @@ def _setup_logging(verbose: bool) -> None:
         root.addHandler(handler)
     try:
         path = log_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_log(path)
         fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        fh.setLevel(logging.DEBUG)
+        # Every command line (secrets masked) only when asked for with -v; the file keeps
+        # what went wrong either way.
+        fh.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.addHandler(fh)
     except OSError:
         pass
+
+
+def _private_log(path: Path) -> None:
+    """The log names hosts, paths and commands: the user's alone (0600 in a 0700
+    directory), created without following a link."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 @cli.command()
@@ -77,13 +99,8 @@ def init(app: AppContext, nodes: int, subnet: str, name: str, l4t: str, module: 
          force: bool, output: Path | None) -> None:
     """Write a commented starter fleet.toml."""
     target = output or app.inventory_path
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists", hint="use --force to overwrite it")
-    text = inventory.starter_toml(nodes=nodes, subnet=subnet, name=name, l4t=l4t, module=module)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    write_starter(target, inventory.starter_toml(nodes=nodes, subnet=subnet, name=name,
+                                                 l4t=l4t, module=module), force=force)
     click.echo(f"wrote {target} with {nodes} node(s) on {subnet}; edit addresses and modules, "
                "then run `fleetimg nodes probe`")
 
@@ -136,8 +153,35 @@ def _interrupted() -> None:
     sys.exit(stop.exit_code())
 
 
+def _wants_json(argv: list[str] | None) -> bool:
+    """Whether the command line asked for --json (before any `--`): its errors are then a
+    JSON document on stdout too, so a script reading stdout never parses plain text."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+# Control characters in a message (a path, a name the user typed) never reach the
+# terminal raw: an escape sequence could rewrite what the user sees.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -> NoReturn:
+    if as_json:
+        emit_json({"error": {"type": kind, "message": message, "hint": hint,
+                             "exit_code": code}})
+    click.secho(f"error: {_printable(message)}", fg="red", err=True)
+    if hint:
+        click.echo(f"hint: {_printable(hint)}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     stop.install()
+    as_json = _wants_json(argv)
     try:
         cli.main(args=argv, prog_name="fleetimg", standalone_mode=False)
     except click.exceptions.Abort:
@@ -146,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         click.secho("aborted", fg="red", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        if as_json:
+            emit_json({"error": {"type": "UsageError", "message": exc.format_message(),
+                                 "hint": "see --help", "exit_code": exc.exit_code}})
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, stop.Interrupted):
@@ -153,18 +200,15 @@ def main(argv: list[str] | None = None) -> None:
     except FleetimgError as exc:
         if stop.requested():
             _interrupted()
-        click.secho(f"error: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc.message, exc.hint, exc.exit_code, type(exc).__name__, as_json)
     except Exception as exc:
         path = log_file()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_log(path)
             with path.open("a") as fh:
                 fh.write(traceback.format_exc())
         except OSError:
             path = Path("(log file not writable)")
-        click.secho(f"error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
-        click.echo(f"hint: this is a fleetimg bug; the traceback is in {path}", err=True)
-        sys.exit(1)
+        _fail(f"unexpected {type(exc).__name__}: {exc}",
+              f"this is a fleetimg bug; the traceback is in {path}", 1, "InternalError",
+              as_json)

@@ -38,7 +38,13 @@ def _pairs(node: str | None, target: Path | None, nodes: str | None,
             raise UsageError(f"--nodes has {len(names)} name(s) but --devices has "
                              f"{len(targets)}", hint="give one device per node, in order")
         if len(set(targets)) != len(targets):
-            raise UsageError("the same device is given twice in --devices")
+            raise UsageError("the same device is given twice in --devices",
+                             hint="give each card its own device or file")
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise UsageError(f"node {twice} is given twice in --nodes",
+                             hint="one card per node: each card carries the node's "
+                             "hostname and address")
         return list(zip(names, targets, strict=True))
     if not node or target is None:
         raise UsageError("missing --node NAME or TARGET",

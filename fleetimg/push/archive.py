@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from fleetimg import newfile
 from fleetimg import run as runmod
 from fleetimg.errors import PushError
 from fleetimg.paths import state_dir
@@ -70,9 +71,7 @@ def remember_manifest(diff_ids: tuple[str, ...], manifest: list[dict[str, Any]])
         cache.update({chains[i]: layers[i] for i in range(len(layers) - 1)})
         path = _cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(path)
+        newfile.write_atomic(path, json.dumps(cache).encode())
 
 
 def _read_manifest(image_id: str) -> list[dict[str, Any]]:

@@ -150,10 +150,11 @@ def _newest_per_release(client: docker.DockerClient, target: str) -> dict[str, L
 def _target_images(client: docker.DockerClient, target: str) -> list[Image]:
     built = client.images.list(filters={"label": f"{LABEL_TARGET}={target}"})
     if not built:
+        # No `fleetimg build <ref>` here: the name may be a typo of an image, not a target.
         raise UsageError(
             f"no local image {target!r}, and no image built for a target of that name",
-            hint=f"build it first (`fleetimg build {target}`) or check `docker images`",
-        ) from None
+            hint="name a local image (`docker images`), or a target that `fleetimg build "
+            "TARGET` has built (`fleetimg targets` lists them)") from None
     return list(built)
 
 

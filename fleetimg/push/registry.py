@@ -25,7 +25,7 @@ from string import Template
 import bcrypt
 import requests
 
-from fleetimg import private, stop
+from fleetimg import newfile, stop
 from fleetimg import run as runmod
 from fleetimg.errors import PushError, UsageError
 from fleetimg.inventory import Fleet, Node, Runtime
@@ -96,9 +96,10 @@ def _ensure_credentials() -> tuple[str, str]:
     found = credentials()
     if found is None:
         found = (AUTH_USER, secrets.token_urlsafe(24))
-        private.write_private(_dir() / "credentials", f"{found[0]}:{found[1]}\n".encode())
+        newfile.write_atomic(_dir() / "credentials", f"{found[0]}:{found[1]}\n".encode(),
+                             private=True)
     hashed = bcrypt.hashpw(found[1].encode(), bcrypt.gensalt()).decode()
-    private.write_private(_dir() / "htpasswd", f"{found[0]}:{hashed}\n".encode())
+    newfile.write_atomic(_dir() / "htpasswd", f"{found[0]}:{hashed}\n".encode(), private=True)
     return found
 
 

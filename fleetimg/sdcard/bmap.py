@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from fleetimg import private
+from fleetimg import newfile
 from fleetimg.sdcard.writer import ALIGN, CHUNK, plan_write
 
 BLOCK = ALIGN  # bmaptool's usual block size; every range is aligned to it
@@ -71,9 +71,10 @@ def bmap_text(image: Path) -> str:
 
 
 def write_bmap(image: Path, out: Path) -> Path:
-    """Write IMAGE's block map to OUT (created like the image: its owner, not world-writable)."""
+    """Write IMAGE's block map to OUT, a new file (created like the image: its owner, 0600;
+    never through a link, see fleetimg.newfile)."""
     data = bmap_text(image).encode()
-    fd = private.open_private(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd = newfile.create(out)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return out

@@ -214,7 +214,9 @@ def check_drive(
                            hint=f"write to /dev/{drive.partition_of} (every partition is "
                            "replaced by the image's)")
     if drive.system:
-        raise DriveRefused(f"{p} holds this computer's root filesystem")
+        raise DriveRefused(f"{p} holds this computer's root filesystem",
+                           hint="put the card in a reader; `fleetimg sdcard --list` shows "
+                           "which drives can be written")
     if drive.mountpoints:
         raise DriveRefused(f"{p} is mounted at {', '.join(drive.mountpoints)}",
                            hint=f"unmount it first: umount {' '.join(drive.mountpoints)}")

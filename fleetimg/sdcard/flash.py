@@ -6,6 +6,7 @@ Planning does every check before the first byte is written; writing an image fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -13,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetimg import stop
-from fleetimg.errors import ClonedImage, DriveRefused, UsageError
+from fleetimg import newfile, stop
+from fleetimg.errors import ClonedImage, DiskError, DriveRefused, FleetimgError, UsageError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.sdcard import drives
@@ -94,12 +95,21 @@ class CardResult:
 
 def prepare_source(image: Path, progress: Callable[[int, int], None] | None = None) -> SourceImage:
     raw = resolve_source(image, progress)
-    plan = plan_write(raw)
-    fs = Ext4(raw, plan.table.by_name("APP").offset)  # type: ignore[union-attr]
-    return SourceImage(image, raw, plan, inspect_rootfs(fs))
+    try:
+        plan = plan_write(raw)
+        fs = Ext4(raw, plan.table.by_name("APP").offset)  # type: ignore[union-attr]
+        return SourceImage(image, raw, plan, inspect_rootfs(fs))
+    except FleetimgError as exc:
+        if raw == image:
+            raise
+        # What decompressed is no card image: it leaves the cache, and the user hears of
+        # the file they named, not of the cache's copy.
+        raw.unlink(missing_ok=True)
+        raise DiskError(exc.message.replace(str(raw), str(image)),
+                        hint=exc.hint or "is it a JetPack SD card image?") from exc
 
 
-FIRMWARE_CHECK = "sudo nvbootctrl dump-slots-info  (\"Current version\")"
+FIRMWARE_CHECK = "sudo nvbootctrl dump-slots-info"
 
 
 def check_firmware(source: SourceImage, node: Node) -> list[str]:
@@ -110,8 +120,8 @@ def check_firmware(source: SourceImage, node: Node) -> list[str]:
         return []
     if node.firmware is None:
         return [f"{node.name}: firmware unknown; an L4T {tegra.release} card needs 36.x "
-                f"firmware on the module. Check with `{FIRMWARE_CHECK}` and set firmware in "
-                "fleet.toml"]
+                f"firmware on the module. Check with `{FIRMWARE_CHECK}` (its \"Current "
+                "version\" line) and set firmware in fleet.toml"]
     if node.firmware.major < tegra.release.major:
         raise UsageError(
             f"{node.name}: firmware {node.firmware} will not boot an L4T {tegra.release} card",
@@ -120,6 +130,34 @@ def check_firmware(source: SourceImage, node: Node) -> list[str]:
             "reboot to 36.4.0 firmware, then write the JetPack 6 card), then set firmware in "
             "fleet.toml")
     return []
+
+
+def check_card_fits(source: SourceImage, node: Node) -> None:
+    """Refuse a card the node's module cannot boot: a module without an SD slot, an L4T
+    release the module never ran, or an R32 image built for another board family (a
+    Nano's t210 image on a TX2). Each refusal names what fits."""
+    module = node.module
+    if not module.sd_card:
+        raise UsageError(
+            f"{node.name}: a {module.description} has no SD card slot; it boots from "
+            "eMMC or NVMe", hint="flash it over USB with NVIDIA's SDK Manager or "
+            "l4t_initrd_flash.sh, then `fleetimg apply --to "
+            f"{node.name}` gives it what a card would")
+    tegra = source.report.tegra
+    if tegra is None:
+        return
+    if not module.supports(tegra.release):
+        raise UsageError(
+            f"{node.name}: {source.original} is an L4T {tegra.release} image, which a "
+            f"{module.description} cannot run", hint=f"a {module.name} runs "
+            f"{module.releases_text}: use a JetPack SD card image of those releases")
+    if tegra.release.major == 32 and tegra.board and module.r32_boards \
+            and tegra.board not in module.r32_boards:
+        raise UsageError(
+            f"{node.name}: {source.original} is built for {tegra.board_description} "
+            f"(BOARD {tegra.board}), not for a {module.description}",
+            hint=f"use the SD card image NVIDIA publishes for the {module.name} "
+            f"(BOARD {' or '.join(module.r32_boards)})")
 
 
 def source_warnings(source: SourceImage, node: Node) -> list[str]:
@@ -156,6 +194,7 @@ def plan_card(
             + "; ".join(source.report.booted_markers),
             hint=CLONED_EXPLANATION,
         )
+    check_card_fits(source, node)
     warnings = source_warnings(source, node) + check_firmware(source, node)
     drive = None
     if is_device_path(target):
@@ -175,11 +214,16 @@ def plan_card(
                              hint="create the directory first")
         if target.exists():
             if not target.is_file():
-                raise DriveRefused(f"{target} exists and is not a regular file")
+                raise DriveRefused(f"{target} exists and is not a regular file",
+                                   hint="name a file for the card image, or a whole disk "
+                                   "such as /dev/sdb for a card")
             if not options.force:
                 raise DriveRefused(f"{target} already exists",
                                    hint="add --force to replace it, or name a new file")
             warnings.append(f"{target} exists and will be replaced (--force)")
+        newfile.check_replaceable(target)
+        for staged in staging_paths(target):
+            newfile.check_leftover(staged)
     tegra = source.report.tegra
     overlay = build_overlay(fleet, node, Ext4(source.raw, source.app_offset), secrets,
                             image_release=tegra.release if tegra else None,
@@ -200,15 +244,22 @@ def write_card(plan: CardPlan, options: SdcardOptions,
     wplan = plan.source.plan
     report = progress or (lambda phase, n, total: None)
     persist(plan.secrets)  # keys and node passwords the card carries, kept beside
+    written_path, bmap_part = staging_paths(plan.target)
     if plan.is_device:
         fd = drives.open_exclusive(plan.target)
         written_path = plan.target
     else:
-        written_path = plan.target.with_name(plan.target.name + ".part")
+        # Leftovers of a killed run go (only plain files of ours: see fleetimg.newfile);
+        # then both are created new, never through a link planted there.
+        newfile.remove_leftover(written_path)
+        newfile.remove_leftover(bmap_part)
         fd = open_file_target(written_path, wplan.image_bytes)
-    bmap_part = plan.target.with_name(plan.target.name + ".bmap.part")
+    placed = False
     try:
         try:
+            if (same := newfile.same_inode(fd, (wplan.source, plan.source.original))):
+                raise DriveRefused(f"{plan.target} is the source image {same} itself",
+                                   hint="name a new file or another disk for the card")
             digest = write_mapped(wplan, fd, lambda n: report("write", n, wplan.mapped_bytes))
         finally:
             os.close(fd)
@@ -222,26 +273,44 @@ def write_card(plan: CardPlan, options: SdcardOptions,
         report("overlay", len(plan.overlay.files), len(plan.overlay.files))
         if not plan.is_device:
             write_bmap(written_path, bmap_part)
-    except BaseException:
-        # A half-written card never looks finished: an image file's .part goes, and a
-        # device is named as unfinished (it holds part of an image and will not boot).
+            stop.check()
+            written_path.replace(plan.target)
+            placed = True
+            bmap_part.replace(bmap_path(plan.target))
+    except BaseException as exc:
+        # A half-written card never looks finished, nor is a card (it holds secrets) left
+        # under a name nobody asked for: an image file's .part and .bmap.part go, and so
+        # does the card if its block map could not follow it. A device is named as
+        # unfinished (it holds part of an image and will not boot).
         if not plan.is_device:
-            written_path.unlink(missing_ok=True)
-            bmap_part.unlink(missing_ok=True)
+            with stop.cleanup():
+                for path in (written_path, bmap_part, *([plan.target] if placed else [])):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
         elif stop.requested():
             stop.note_unfinished(f"{plan.node.name}: {plan.target} was only partly written "
                                  "and will not boot; write it again")
+        if isinstance(exc, OSError):
+            # Out of space, a read-only or immutable target, a vanished directory: the
+            # user's to fix, not a fleetimg bug.
+            where = exc.filename or plan.target
+            raise DiskError(f"writing the card to {plan.target} failed: {where}: "
+                            f"{exc.strerror}", hint="nothing was left behind; fix the cause "
+                            "(free space, permissions, chattr -i) and run again") from exc
         raise
-    if not plan.is_device:
-        stop.check()
-        written_path.replace(plan.target)
-        bmap_part.replace(bmap_path(plan.target))
     return CardResult(
         node=plan.node.name, target=str(plan.target), image_bytes=wplan.image_bytes,
         written_bytes=wplan.mapped_bytes, seconds=time.monotonic() - start,
         verified=options.verify, overlay=plan.overlay.summary(), notes=plan.overlay.notes,
         bmap=None if plan.is_device else str(bmap_path(plan.target)),
     )
+
+
+def staging_paths(target: Path) -> tuple[Path, Path]:
+    """Where an image-file card and its block map are written before they are renamed into
+    place: NAME.part and NAME.bmap.part."""
+    return (target.with_name(target.name + ".part"),
+            target.with_name(target.name + ".bmap.part"))
 
 
 def bmap_path(image: Path) -> Path:

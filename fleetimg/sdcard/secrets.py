@@ -8,13 +8,12 @@ written. So a dry run leaves nothing behind, and every card of one run gets the 
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetimg import private
+from fleetimg import newfile, private
 from fleetimg.errors import DiskError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node, Runtime
 
@@ -87,13 +86,10 @@ def persist(found: CardSecrets) -> None:
                                 "planning", hint="run the command again")
             continue
         item.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        private.hand_over(item.path.parent)
+        newfile.hand_over(item.path.parent)
         try:
-            fd = private.open_private(item.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            newfile.write_new(item.path, item.content, private=True)
         except FileExistsError:
-            if item.path.read_bytes() != item.content:
+            if item.path.is_symlink() or item.path.read_bytes() != item.content:
                 raise DiskError(f"{item.path} was created by another run meanwhile",
                                 hint="run the command again") from None
-            continue
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(item.content)

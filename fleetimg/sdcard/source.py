@@ -57,6 +57,13 @@ def resolve_source(path: Path, progress: Progress | None = None) -> Path:
         raise DiskError(f"image {path} does not exist",
                         hint="download NVIDIA's SD card image, or set [sdcard] image in "
                         "fleet.toml; `fleetimg lab sdimage` makes a Jetson-like test image")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        hint = ("name the image file inside it" if path.is_dir() else
+                "--image takes an image file; to read a card, copy it to a file first "
+                "(dd if=/dev/sdX of=card.img bs=4M) and check it is not a clone of a "
+                "booted board")
+        raise DiskError(f"image {path} is {what}", hint=hint)
     if not is_compressed(path):
         return path
     st = path.stat()

@@ -13,13 +13,12 @@ import hashlib
 import mmap
 import os
 import queue
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg import private, stop
+from fleetimg import newfile, stop
 from fleetimg.errors import DiskError
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import PartitionTable, read_table
@@ -91,12 +90,16 @@ def _iter_chunks(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 
 
 def open_file_target(path: Path, size: int) -> int:
-    """An image file target: created sparse at the image's size, written in place."""
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise DiskError(f"{path} exists and is not a regular file")
-    # 0600: the card's overlay holds fleet secrets (internal key, K3s token, password hash).
-    fd = private.open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    os.ftruncate(fd, size)
+    """An image file target: a new file (never through a link: fleetimg.newfile), created
+    sparse at the image's size and written in place. 0600: the card's overlay holds fleet
+    secrets (internal key, K3s token, password hash)."""
+    fd = newfile.create(path)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
     return fd
 
 

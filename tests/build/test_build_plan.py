@@ -85,7 +85,8 @@ def test_unsupported_release() -> None:
 def test_nodes_needing_different_bases_are_listed(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
     text = inventory.starter_toml(nodes=3, subnet="192.168.10.0/24", module="nano-4gb")
-    text = text.replace('name = "node3"\n', 'name = "node3"\nl4t = "R35.4.1"\n')
+    head, sep, node3 = text.partition('name = "node3"\n')
+    text = head + sep + 'l4t = "R35.4.1"\n' + node3.replace('"nano-4gb"', '"xavier-nx"', 1)
     path.write_text(text)
     fleet = inventory.load(path)
     groups = group_releases(board_releases(fleet.nodes, None))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetimg import inventory
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.jetpack_standins import NVPMODEL_ORIN_NANO, NVPMODEL_T210
@@ -79,7 +80,10 @@ def test_nvautoconfig_only_where_nvidia_touches_it(
     r32 = card(fleet, "node1", jetson_image, tmp_path / "r32.img")
     assert r32.stat("/etc/nv/nvautoconfig") is None
     orin = build_test_image(images / "r36.img", l4t=L4TRelease(36, 4, 3), board="generic")
-    r36 = card(fleet, "node1", orin, tmp_path / "r36.img")
+    assert fleet.path is not None
+    fleet.path.write_text(fleet.path.read_text().replace(
+        'module = "nano-4gb"', 'module = "orin-nano"\nl4t = "R36.4.3"\nfirmware = "36.4.3"', 1))
+    r36 = card(inventory.load(fleet.path), "node1", orin, tmp_path / "r36.img")
     assert r36.stat("/etc/nv/nvautoconfig") is not None
 
 

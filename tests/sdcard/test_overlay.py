@@ -141,6 +141,7 @@ def test_k3s_worker_swap_off_and_internal_key(
     make_fleet: Callable[..., Fleet], jetson_image: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "k3s-token").write_text("K10secret::server:abc\n")
+    (tmp_path / "k3s-token").chmod(0o600)
     fleet = make_fleet('k3s_token_file = "k3s-token"\ninternal_ssh_key = true', runtime="k3s")
     out = tmp_path / "node2.img"
     result = make_card(fleet, "node2", jetson_image, out)

@@ -3,13 +3,20 @@ never damage."""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fleetimg import inventory
 from fleetimg.cli.render import node_message
-from fleetimg.errors import InventoryError
+from fleetimg.errors import InventoryError, UsageError
+from fleetimg.l4t import L4TRelease
+from fleetimg.sdcard.flash import FIRMWARE_CHECK
 from tests.unit.test_cli import assert_clean_error, fleetimg
 
 HASH = ("$6$abcdefgh$" + "A" * 86)
@@ -121,3 +128,94 @@ def test_apply_unknown_concern_is_one_line(tmp_path: Path) -> None:
 def test_apply_from_names_one_board(tmp_path: Path) -> None:
     proc = fleetimg("-i", str(starter(tmp_path)), "apply", "--from", "192.168.10.77")
     assert_clean_error(proc, 2, "select exactly one node", "--to node4")
+
+
+# The hostile pass's smaller findings: each one line with a hint, nothing written.
+
+def test_toml_syntax_errors_and_a_fleet_that_is_no_table_have_hints(tmp_path: Path) -> None:
+    inv = tmp_path / "fleet.toml"
+    inv.write_text("[fleet\nname = 1\n")
+    assert_clean_error(fleetimg("-i", str(inv), "nodes"), 2, "not valid TOML", "hint: ")
+    inv.write_text("fleet = 3\n")
+    assert_clean_error(fleetimg("-i", str(inv), "nodes"), 2, f"{inv}: fleet must be a table",
+                       "hint: ")
+
+
+def test_an_ssh_key_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    inv = starter(tmp_path, ('# ssh_key = "~/.ssh/id_ed25519"', 'ssh_key = "keys"'))
+    assert_clean_error(fleetimg("-i", str(inv), "nodes"), 2, "is a directory, not a file")
+
+
+def test_an_empty_inventory_variable_means_unset(tmp_path: Path) -> None:
+    starter(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "fleetimg", "nodes"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FLEETIMG_INVENTORY": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "node1" in proc.stdout
+
+
+def test_a_huge_file_is_not_parsed_as_an_inventory(tmp_path: Path) -> None:
+    inv = tmp_path / "fleet.toml"
+    with inv.open("w") as fh:
+        fh.write("[fleet]\n")
+        fh.write("# padding\n" * 200_000)
+    assert_clean_error(fleetimg("-i", str(inv), "nodes"), 2, "too large for a fleet inventory")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--l4t", "R99.1"], "not an L4T release fleetimg knows"),
+    (["--l4t", "R36.4.3"], "does not run on a Jetson Nano 4GB"),
+    (["--name", "a\nb"], "fleet.name"),
+])
+def test_init_refuses_what_the_inventory_would_refuse_and_writes_nothing(
+        tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "fleet.toml"
+    assert_clean_error(fleetimg("init", "-o", str(out), *args), 2, needle, "hint: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_into_a_directory_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "fleetdir"
+    target.mkdir()
+    proc = fleetimg("init", "-o", str(target), "--force")
+    assert_clean_error(proc, 2, "is a directory", f"-o {target / 'fleet.toml'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleetdir"]
+    assert list(target.iterdir()) == []
+
+
+def test_a_release_with_absurd_digits_is_refused() -> None:
+    with pytest.raises(UsageError, match="not an L4T release"):
+        L4TRelease.parse("R32.7.99999999999999999999")
+
+
+def test_errors_are_json_on_stdout_with_json(tmp_path: Path) -> None:
+    inv = starter(tmp_path)
+    proc = fleetimg("-i", str(inv), "push", "no-such-image", "--json")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    error = json.loads(proc.stdout)["error"]
+    assert error["type"] == "UsageError" and error["exit_code"] == 2
+    assert "no-such-image" in error["message"]
+    # No `fleetimg build <ref>` for a name that is no target: what can be pushed instead.
+    assert "fleetimg build no-such-image" not in error["hint"]
+    assert "docker images" in error["hint"]
+    proc = fleetimg("-i", str(inv), "nodes", "--json", "--no-such-option")
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["exit_code"] == 2
+
+
+def test_the_log_is_private_and_holds_commands_only_with_verbose(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "FLEETIMG_STATE_DIR": str(state)}
+    inv = starter(tmp_path)
+    for verbose in ([], ["-v"]):
+        subprocess.run([sys.executable, "-m", "fleetimg", *verbose, "-i", str(inv), "doctor"],
+                       capture_output=True, text=True, timeout=120, env=env, check=False)
+        log = state / "fleetimg.log"
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+        assert ("+ " in log.read_text()) == bool(verbose)
+
+
+def test_the_firmware_check_command_can_be_pasted() -> None:
+    assert FIRMWARE_CHECK == "sudo nvbootctrl dump-slots-info"
