@@ -57,8 +57,9 @@ def manifests_cmd(app: AppContext, target: str, selection: str, image_ref: str |
 
     One object per L4T release among the selected nodes, each naming the image exactly as
     `fleetimg push TARGET` delivered it (imagePullPolicy: Never), with runtimeClassName
-    nvidia and node selection by the labels `fleetimg k3s label` sets. Checked against the
-    Kubernetes API schema before anything is written; no cluster needed.
+    fleetimg-nvidia (handler nvidia) and node selection by the labels `fleetimg k3s label`
+    sets. Checked against the Kubernetes API schema before anything is written; no cluster
+    needed.
     """
     options = ManifestOptions(target=target, image=image_ref, images_dir=images_dir,
                               weights=weights, synthetic=synthetic, models_dir=models_dir)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from fleetimg import remote
 from fleetimg.errors import PushError
 from fleetimg.inventory import Node, Runtime
 from fleetimg.l4t import host_runs_image
@@ -91,14 +92,32 @@ K3S_IMPORT = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images im
               "--all-platforms -; else sudo -n ctr -n k8s.io images import --all-platforms -; fi")
 K3S_LIST = ("if command -v k3s >/dev/null 2>&1; then sudo -n k3s ctr images ls -q; "
             "else sudo -n ctr -n k8s.io images ls -q; fi")
+# What `ctr images import` brings in is not pinned, unlike K3s's own agent/images imports:
+# the kubelet's image GC may remove it, and with imagePullPolicy: Never the next pod fails.
+# containerd's CRI (>= 1.7) reports an image with this label as pinned, which GC skips.
+PINNED_LABEL = "io.cri-containerd.pinned=pinned"
+
+
+def k3s_pin(name: str) -> str:
+    """The command that pins containerd image `name` (as `ctr images ls -q` lists it)."""
+    k3s = remote.sh("sudo", "-n", "k3s", "ctr", "images", "label", name, PINNED_LABEL)
+    ctr = remote.sh("sudo", "-n", "ctr", "-n", "k8s.io", "images", "label", name, PINNED_LABEL)
+    return f"if command -v k3s >/dev/null 2>&1; then {k3s}; else {ctr}; fi"
+
+
+def containerd_name(ref: str) -> str:
+    """The name containerd gives a docker-archive image: in full, docker.io/library/x:tag."""
+    if "/" in ref.split(":")[0] and "." in ref.split("/")[0]:
+        return ref
+    name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
+    return f"docker.io/{name}"
 
 def containerd_has(listing: str, ref: str, image_id: str) -> bool:
     """Does `ctr images ls -q` list our name and our image? containerd names docker-archive
     images in full (docker.io/library/x:tag) and also lists them by config digest, which is
     the Docker image ID."""
-    name = ref if "/" in ref.split(":")[0] else f"library/{ref}"
     names = {line.strip() for line in listing.splitlines()}
-    return bool(names & {ref, f"docker.io/{name}"}) and image_id in names
+    return bool(names & {ref, containerd_name(ref)}) and image_id in names
 
 
 REMOTE_IMAGES = (

@@ -27,7 +27,15 @@ from fleetimg.inventory import Runtime
 from fleetimg.push.archive import filter_save_stream, skipped_members
 from fleetimg.push.layerstore import open_store, write_archive
 from fleetimg.push.localimage import LocalImage
-from fleetimg.push.plan import K3S_IMPORT, K3S_LIST, Action, NodePlan, containerd_has
+from fleetimg.push.plan import (
+    K3S_IMPORT,
+    K3S_LIST,
+    Action,
+    NodePlan,
+    containerd_has,
+    containerd_name,
+    k3s_pin,
+)
 from fleetimg.ssh import Ssh
 from fleetimg.units import human_bytes
 
@@ -325,6 +333,7 @@ def finish(ssh: Ssh, plan: NodePlan, image: LocalImage) -> None:
         listing = ssh.run(node, K3S_LIST, timeout=60).stdout
         if not containerd_has(listing, image.ref, image.id):
             raise PushError(f"{node.name}: containerd does not list {image.ref} after import")
+        ssh.run(node, k3s_pin(containerd_name(image.ref)), timeout=60)
         return
     d = plan.docker
     temp = incoming_tag(image)

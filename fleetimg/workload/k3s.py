@@ -6,10 +6,15 @@
 - triton: a DaemonSet per image, serving on ports 8000-8002 of every selected board.
 
 Pods land by the labels `fleetimg k3s label` puts on the K3s nodes (the board's L4T release
-and module), use `runtimeClassName: nvidia` (the RuntimeClass is in the file too, handler
-`nvidia`: the runtime K3s configures in containerd when a board has the NVIDIA container
-runtime) and name the image exactly as `fleetimg push` delivered it, with
+and module), use `runtimeClassName: fleetimg-nvidia` (a RuntimeClass of fleetimg's own in
+the file, handler `nvidia`: the runtime K3s configures in containerd when a board has the
+NVIDIA container runtime) and name the image exactly as `fleetimg push` delivered it, with
 `imagePullPolicy: Never`: there is no registry.
+
+The RuntimeClass is not called `nvidia`: recent K3s creates that one itself from its
+packaged runtimes manifest (k3s-io/k3s#8700, #8751), so ours would take over K3s's object
+and deleting our file would delete it. `fleetimg-nvidia` points at the same handler, works
+on K3s releases with and without their own, and is ours alone to delete.
 
 Every manifest is validated against the Kubernetes API schema (kubernetes-validate's
 bundled JSON schemas, strict: an unknown field is an error) before it is written.
@@ -109,9 +114,16 @@ def manifests(nodes: Sequence[Node], options: ManifestOptions) -> list[dict[str,
     return docs
 
 
+# Ours, beside the `nvidia` RuntimeClass recent K3s makes itself (see the module docstring).
+RUNTIME_CLASS = "fleetimg-nvidia"
+# The containerd runtime K3s configures when it finds nvidia-container-runtime on a board.
+RUNTIME_HANDLER = "nvidia"
+
+
 def runtime_class() -> dict[str, Any]:
     return {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-            "metadata": {"name": "nvidia", "labels": dict(MANAGED_BY)}, "handler": "nvidia"}
+            "metadata": {"name": RUNTIME_CLASS, "labels": dict(MANAGED_BY)},
+            "handler": RUNTIME_HANDLER}
 
 
 def _placement(group: ImageGroup) -> dict[str, Any]:
@@ -144,7 +156,7 @@ def indexed_job(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
                                  "imagePullPolicy": "Never", "env": env}
     if mounts:
         container["volumeMounts"] = mounts
-    pod: dict[str, Any] = {"restartPolicy": "Never", "runtimeClassName": "nvidia",
+    pod: dict[str, Any] = {"restartPolicy": "Never", "runtimeClassName": RUNTIME_CLASS,
                            **placement, "containers": [container]}
     if volumes:
         pod["volumes"] = volumes
@@ -175,7 +187,7 @@ def daemonset(group: ImageGroup, options: ManifestOptions) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {**labels, **MANAGED_BY}},
         "spec": {"selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
-                              "spec": {"runtimeClassName": "nvidia", **_placement(group),
+                              "spec": {"runtimeClassName": RUNTIME_CLASS, **_placement(group),
                                        "containers": [container], "volumes": [volume]}}},
     }
 

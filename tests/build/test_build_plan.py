@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,7 +178,7 @@ def test_every_row_of_the_table_resolves_for_every_target_it_has(tmp_path: Path)
 
 def test_triton_on_jetpack_6_builds_on_ngcs_igpu_image(tmp_path: Path) -> None:
     plan = plan_for("triton", "R36.4.3", tmp_path)
-    assert plan.base == "nvcr.io/nvidia/tritonserver:24.07-py3-igpu"
+    assert plan.base == "nvcr.io/nvidia/tritonserver:24.10-py3-igpu"
     assert plan.dockerfile == "Dockerfile.igpu"
     assert plan.labels["io.fleetimg.l4t"] == "R36.4.0"
     assert plan.build_args["MIN_COMPUTE_CAPABILITY"] == "8.7"
@@ -205,3 +208,24 @@ def test_standin_without_a_standin_base_is_refused(tmp_path: Path) -> None:
         plan_build(target, group, directory=tmp_path, standin=True)
     assert plan_build(target, group, directory=tmp_path, standin=True,
                       base="local/base:1").base == "local/base:1"
+
+
+def test_triton_dry_run_on_jetpack_5_1_2_names_the_update_1_tarball() -> None:
+    # The first 5.1.2 asset was replaced after CVE-2023-31036; its old name 404s.
+    proc = subprocess.run([sys.executable, "-m", "fleetimg", "build", "triton", "--l4t",
+                           "R35.4.1", "--dry-run", "--json"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    args = json.loads(proc.stdout)[0]["build_args"]
+    assert args["TRITON_TARBALL"] == "tritonserver2.35.0-jetpack5.1.2-update-1.tgz"
+
+
+def test_r36_sub_ranges_get_their_own_igpu_tags(tmp_path: Path) -> None:
+    # An R36.0-36.3 board takes only R36.0-36.3 images (CUDA 12.2), an R36.4+ board only
+    # R36.4+ ones (CUDA 12.6): one tag for both broke the rule push checks.
+    old = plan_for("triton", "R36.2.0", tmp_path)
+    new = plan_for("triton", "R36.4.3", tmp_path)
+    assert old.base == "nvcr.io/nvidia/tritonserver:24.02-py3-igpu"
+    assert new.base == "nvcr.io/nvidia/tritonserver:24.10-py3-igpu"
+    assert (old.build_args["TRITON_VERSION"], new.build_args["TRITON_VERSION"]) == ("2.43.0",
+                                                                                     "2.51.0")

@@ -84,7 +84,7 @@ def test_triton_on_jetpack_6_builds_on_the_igpu_image(standin_triton_igpu: str,
     assert code == 0, data
     result = built(data)
     assert result["base"] == standin_triton_igpu and result["dockerfile"] == "Dockerfile.igpu"
-    assert "triton 2.48.0 installed, min compute capability 8.7" in str(result["smoke"])
+    assert "triton 2.51.0 installed, min compute capability 8.7" in str(result["smoke"])
     image = docker_client.images.get("itest/triton:r36")
     assert image.labels["io.fleetimg.l4t"] == "R36.4.0"
     assert image.attrs["Config"]["Entrypoint"] == ["/opt/tritonserver/bin/fleetimg-triton-start"]

@@ -158,6 +158,10 @@ def test_k3s_node_imports_into_containerd(lab_fleet: Fleet, ssh: Ssh, app_v1: st
     assert data["nodes"][0]["action"] == "imported"
     listing = ssh.run(load(inv).node("node3"), "sudo -n ctr -n k8s.io images ls -q").stdout
     assert "docker.io/fleetimg-test/push-app:v1" in listing.split()
+    # Pinned, as K3s pins its own imports: the kubelet's image GC leaves it alone.
+    labels = ssh.run(load(inv).node("node3"), "sudo -n ctr -n k8s.io images ls "
+                     "name==docker.io/fleetimg-test/push-app:v1").stdout
+    assert "io.cri-containerd.pinned=pinned" in labels
     code, again = fleetimg_json("-i", str(inv), "push", app_v1, "--to", "node3")
     assert isinstance(again, dict) and again["nodes"][0]["action"] == "skipped"
 

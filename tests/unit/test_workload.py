@@ -194,7 +194,10 @@ def test_manifests_per_release_pass_the_api_schema() -> None:
     nano = jobs[0]["spec"]
     assert nano["completionMode"] == "Indexed" and nano["completions"] == 2
     pod = nano["template"]["spec"]
-    assert pod["runtimeClassName"] == "nvidia"
+    # Not K3s's own `nvidia` RuntimeClass (k3s#8751): ours, with the same handler.
+    assert pod["runtimeClassName"] == "fleetimg-nvidia"
+    (rc,) = [d for d in docs if d["kind"] == "RuntimeClass"]
+    assert (rc["metadata"]["name"], rc["handler"]) == ("fleetimg-nvidia", "nvidia")
     assert pod["nodeSelector"] == {"fleetimg/l4t": "R32.7.1"}
     assert pod["containers"][0]["image"] == "fleetimg/pytorch:dev"
     assert pod["containers"][0]["imagePullPolicy"] == "Never"
