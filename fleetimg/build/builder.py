@@ -29,6 +29,24 @@ class BuildOptions:
     smoke_test: bool = True
 
 
+# A Dockerfile's own verdict, printed by its RUN step ("fleetimg: ..." and the way out as
+# "fleetimg-hint: ..."), behind BuildKit's "#12 3.456 " prefix.
+_VERDICT = re.compile(r"^#\d+ [\d.]+ fleetimg(?P<hint>-hint)?: (?P<text>.+)$")
+
+
+def build_verdict(lines: list[str]) -> tuple[str, str | None] | None:
+    """(message, hint) a failed step said about itself, when it did: better than the step."""
+    message = hint = None
+    for line in lines:
+        m = _VERDICT.match(line.strip())
+        if m:
+            if m["hint"]:
+                hint = m["text"].strip()
+            else:
+                message = m["text"].strip()
+    return (message, hint) if message else None
+
+
 def parse_failure(lines: list[str]) -> str:
     """One line naming the failed step, from BuildKit's plain progress output."""
     step = None
@@ -105,6 +123,9 @@ def run_build(plan: BuildPlan, options: BuildOptions,
             raise
         rc = proc.wait()
     if rc != 0:
+        verdict = build_verdict(list(tail))
+        if verdict is not None:
+            raise BuildError(verdict[0], hint=verdict[1] or "the full log is above")
         raise BuildError(parse_failure(list(tail)),
                          hint="the full log is above; `fleetimg doctor` checks BuildKit and QEMU")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,10 +97,20 @@ def _source_labels(directory: Path, target: Target) -> dict[str, str]:
     }
 
 
+# Every GPU fleetimg knows, for Horovod's CUDA code when no nodes are selected.
+ALL_CUDA_CC = ("5.3", "6.2", "7.2", "8.7")
+# Says whether a CUDA-capable target was built with CUDA ("true") or CPU-only ("false");
+# `fleetimg run horovod` refuses a CPU-only image on boards with a GPU.
+LABEL_CUDA = "io.fleetimg.cuda"
+
+
 def plan_build(
     target: Target, group: ReleaseGroup, *, directory: Path, tags: Sequence[str] = (),
-    base: str | None = None, standin: bool = False,
+    base: str | None = None, standin: bool = False, cpu_only: bool = False,
+    extra_args: Mapping[str, str] | None = None,
 ) -> BuildPlan:
+    """One build. `cpu_only` (implied by `standin`: the stand-ins have no CUDA) builds a
+    CUDA-capable target without CUDA and labels it so; otherwise it must get CUDA or fail."""
     images = group.images
     variant = target.variant(images.family)
     if target.needs_triton and not images.triton:
@@ -116,7 +127,12 @@ def plan_build(
     capability = min((n.module.compute_capability for n in group.nodes),
                      default=default_capability,
                      key=lambda c: tuple(int(x) for x in c.split(".")))
+    ccs = sorted({n.module.compute_capability for n in group.nodes} or set(ALL_CUDA_CC),
+                 key=lambda c: tuple(int(x) for x in c.split(".")))
+    without_cuda = cpu_only or standin
     computed = {
+        "HOROVOD_CUDA": "none" if without_cuda else "required",
+        "HOROVOD_BUILD_CUDA_CC_LIST": ",".join(c.replace(".", "") for c in ccs),
         "TRITON_VERSION": images.triton or "",
         "TRITON_TARBALL": images.triton_tarball or "",
         "MIN_COMPUTE_CAPABILITY": capability,
@@ -128,6 +144,8 @@ def plan_build(
             **{k: computed[k] for k in target.args}}
     if standin:
         args.update(target.standin_args)
+    # The user's own (--build-arg) last: a mirror for a base stage, another pip index.
+    args.update(extra_args or {})
     # BuildKit 0.11+ (buildx) also stamps the config and history with it; older BuildKit
     # (Docker 20.10's) ignores an argument no ARG declares.
     args["SOURCE_DATE_EPOCH"] = str(source_date_epoch(directory))
@@ -138,10 +156,30 @@ def plan_build(
         "io.fleetimg.jetpack": images.jetpack,
         "io.fleetimg.base": resolved,
     }
+    if "HOROVOD_CUDA" in target.args:
+        labels[LABEL_CUDA] = "false" if without_cuda else "true"
     all_tags = (f"fleetimg/{target.name}:{images.l4t.tag}", *tags)
     return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args, labels,
                      tuple(n.name for n in group.nodes), boards=group.boards,
                      dockerfile=variant.dockerfile)
+
+
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_build_args(items: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE pairs as `docker build --build-arg` takes them, checked."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ARG_NAME.match(key):
+            raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE",
+                             hint="e.g. --build-arg PIP_INDEX=https://pypi.example/simple")
+        if key == "BASE_IMAGE":
+            raise UsageError("--build-arg BASE_IMAGE: use --base for the base image",
+                             hint="--base names it, and the image's io.fleetimg.base label")
+        out[key] = value
+    return out
 
 
 def base_image(images: ReleaseImages, column: str) -> str:
@@ -184,6 +222,7 @@ def plan_builds(
     target: Target, nodes: Sequence[Node], *, l4t: str | None, directory: Path,
     probed: dict[str, L4TRelease] | None = None, all_releases: bool = False,
     tags: Sequence[str] = (), base: str | None = None, standin: bool = False,
+    cpu_only: bool = False, extra_args: Mapping[str, str] | None = None,
 ) -> list[BuildPlan]:
     """The builds TARGET needs for these nodes: one, or one per L4T family with
     `all_releases` (extra tags only when there is one build)."""
@@ -191,4 +230,5 @@ def plan_builds(
     if not all_releases:
         groups = [single_group(groups)]
     return [plan_build(target, g, directory=directory, tags=tags if len(groups) == 1 else (),
-                       base=base, standin=standin) for g in groups]
+                       base=base, standin=standin, cpu_only=cpu_only,
+                       extra_args=extra_args) for g in groups]

@@ -15,7 +15,8 @@ from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import UsageError
 
 BASE_COLUMNS = ("base", "pytorch", "triton_image")
-COMPUTED_ARGS = ("TRITON_VERSION", "TRITON_TARBALL", "MIN_COMPUTE_CAPABILITY", "L4T", "JETPACK")
+COMPUTED_ARGS = ("TRITON_VERSION", "TRITON_TARBALL", "MIN_COMPUTE_CAPABILITY", "L4T", "JETPACK",
+                 "HOROVOD_CUDA", "HOROVOD_BUILD_CUDA_CC_LIST")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fleetimg.build.builder import BuildOptions, run_build, smoke_test
-from fleetimg.build.plan import BuildPlan, base_image, plan_builds
+from fleetimg.build.plan import BuildPlan, base_image, parse_build_args, plan_builds
 from fleetimg.build.releases import load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
@@ -71,6 +71,13 @@ def _describe(plan: BuildPlan) -> list[str]:
 @click.option("--base", help="Base image instead of the NGC one (a local or mirrored image).")
 @click.option("--standin", is_flag=True,
               help="Use the offline stand-in base (`fleetimg lab base`), for rehearsals.")
+@click.option("--cpu-only", is_flag=True,
+              help="Build a CUDA-capable target (horovod) without CUDA, for a CPU base; the "
+              "image is labelled CPU-only. Implied by --standin.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
+              help="A build argument of the target's Dockerfile, over fleetimg's own "
+              "(repeatable): e.g. CROSS_IMAGE=your-mirror/debian:bookworm-slim or "
+              "PIP_INDEX=https://pypi.example/simple.")
 @click.option("--all-releases", is_flag=True,
               help="When nodes need different bases, build one image per family.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path),
@@ -84,7 +91,8 @@ def _describe(plan: BuildPlan) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Plan (and result) as JSON.")
 @pass_app
 def build(app: AppContext, target: str, l4t: str | None, selection: str | None, probe: bool,
-          tags: tuple[str, ...], base: str | None, standin: bool, all_releases: bool,
+          tags: tuple[str, ...], base: str | None, standin: bool, cpu_only: bool,
+          build_args: tuple[str, ...], all_releases: bool,
           ca_bundle: Path | None, triton_tarball: Path | None, no_cache: bool,
           no_smoke: bool, dry_run: bool, as_json: bool) -> None:
     """Build TARGET for linux/arm64 on this workstation (BuildKit + QEMU).
@@ -98,7 +106,8 @@ def build(app: AppContext, target: str, l4t: str | None, selection: str | None, 
         nodes = app.fleet().select(selection or "all-nodes")
     probed = probed_releases(app.ssh(), nodes) if probe and nodes else {}
     plans = plan_builds(t, nodes, l4t=l4t, directory=Path(str(t.directory)), probed=probed,
-                        all_releases=all_releases, tags=tags, base=base, standin=standin)
+                        all_releases=all_releases, tags=tags, base=base, standin=standin,
+                        cpu_only=cpu_only, extra_args=parse_build_args(build_args))
     if dry_run:
         if as_json:
             emit_json([p.to_dict() for p in plans])

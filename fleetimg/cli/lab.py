@@ -170,13 +170,19 @@ def app_cmd(tag: str, line: str, l4t: str) -> None:
 @lab.command("base")
 @click.option("--pytorch/--no-pytorch", default=True, show_default=True,
               help="Also build the l4t-pytorch stand-in (CPU PyTorch from PyPI).")
+@click.option("--replicas", is_flag=True,
+              help="Also build the replicas of NVIDIA's real l4t-pytorch bases (R32, R35, "
+              "R36: no CUDA libraries, CUDA behind absolute links, a dead pip index), for "
+              "`fleetimg build TARGET --base fleetimg/l4t-replica:r32-pytorch`.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path),
               help="CA bundle for pip behind a TLS-intercepting proxy (a build secret).")
-def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
+def base_cmd(pytorch: bool, replicas: bool, ca_bundle: Path | None) -> None:
     """Build offline arm64 stand-ins for NGC's l4t-base, l4t-pytorch and the tritonserver
     igpu image, and one for Docker Hub's debian:bookworm-slim (debootstrap).
 
     `fleetimg build TARGET --standin` builds on them; nothing comes from NGC or Docker Hub.
+    The replicas (--replicas) are as harsh as the real bases at build time
+    (docs/replicas.md): a build that passes on them passes on NGC's.
     """
     import docker
 
@@ -190,8 +196,12 @@ def base_cmd(pytorch: bool, ca_bundle: Path | None) -> None:
     client = docker.from_env()
     built = [ensure_standin_base(client, _step), ensure_standin_triton_igpu(client, _step),
              ensure_standin_debian(client, _step)]
-    if pytorch:
+    if pytorch or replicas:
         built.append(ensure_standin_pytorch(client, ca_bundle, _step))
+    if replicas:
+        from fleetimg.lab.replicas import REPLICAS, ensure_replica
+
+        built += [ensure_replica(client, tag, ca_bundle, _step) for tag in REPLICAS]
     click.echo("stand-in bases: " + ", ".join(built))
 
 

@@ -8,7 +8,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import click
 from click.core import ParameterSource
@@ -169,8 +169,26 @@ def _printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+class _Watched:
+    """stdout, noting whether the command wrote to it: an error after a command's own JSON
+    document must not add a second one (a script parses one document)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.wrote = stream, False
+
+    def write(self, text: str) -> int:
+        self.wrote = self.wrote or bool(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+_stdout: _Watched | None = None
+
+
 def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -> NoReturn:
-    if as_json:
+    if as_json and not (_stdout is not None and _stdout.wrote):
         emit_json({"error": {"type": kind, "message": message, "hint": hint,
                              "exit_code": code}})
     click.secho(f"error: {_printable(message)}", fg="red", err=True)
@@ -180,8 +198,12 @@ def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _stdout
     stop.install()
     as_json = _wants_json(argv)
+    if as_json:
+        _stdout = _Watched(sys.stdout)
+        sys.stdout = _stdout
     try:
         cli.main(args=argv, prog_name="fleetimg", standalone_mode=False)
     except click.exceptions.Abort:
@@ -190,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         click.secho("aborted", fg="red", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        if as_json:
+        if as_json and not (_stdout is not None and _stdout.wrote):
             emit_json({"error": {"type": "UsageError", "message": exc.format_message(),
                                  "hint": "see --help", "exit_code": exc.exit_code}})
         exc.show()

@@ -249,11 +249,14 @@ def _render_batch(report: BatchReport, as_json: bool) -> None:
 @click.option("--keep", is_flag=True,
               help="Leave the SSH server containers running afterwards (`run --stop` ends "
               "them).")
+@click.option("--allow-cpu-only", is_flag=True,
+              help="Train with a Horovod built without CUDA (--cpu-only) even on boards "
+              "with a GPU: the training then runs on the CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result at the end.")
 @click.argument("train", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAIN ARGS]")
 @pass_app
 def horovod(app: AppContext, selection: str, np: int | None, image_ref: str | None, port: int,
-            keep: bool, as_json: bool, train: tuple[str, ...]) -> None:
+            keep: bool, allow_cpu_only: bool, as_json: bool, train: tuple[str, ...]) -> None:
     """Train across boards with horovodrun (Gloo over the fleet network).
 
     Starts the horovod image's SSH server (port 2222, user mpiuser, host network) on every
@@ -266,7 +269,8 @@ def horovod(app: AppContext, selection: str, np: int | None, image_ref: str | No
     (`-- python3 /app/my_train.py --epochs 3`).
     """
     options = HorovodOptions(target=image_ref or "horovod", exact_image=image_ref is not None,
-                             np=np, train=train, port=port, keep=keep)
+                             np=np, train=train, port=port, keep=keep,
+                             allow_cpu_only=allow_cpu_only)
     ssh = app.ssh()
     fleet = app.fleet()
     plan = plan_horovod(ssh, fleet.select(selection), options)

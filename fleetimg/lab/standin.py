@@ -63,7 +63,7 @@ LABEL io.fleetimg.standin=tritonserver-igpu
 """
 
 
-def _exists(client: docker.DockerClient, tag: str) -> bool:
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
     try:
         client.images.get(tag)
         return True
@@ -73,7 +73,7 @@ def _exists(client: docker.DockerClient, tag: str) -> bool:
 
 def ensure_standin_base(client: docker.DockerClient,
                         on_step: Callable[[str], None] = lambda s: None) -> str:
-    if not _exists(client, STANDIN_BASE):
+    if not image_exists(client, STANDIN_BASE):
         _debootstrap_image(STANDIN_BASE, "arm64", BASE_PACKAGES, "l4t-base", on_step)
     return STANDIN_BASE
 
@@ -82,7 +82,7 @@ def ensure_standin_debian(client: docker.DockerClient,
                           on_step: Callable[[str], None] = lambda s: None) -> str:
     """Debian 12 for this machine, standing in for Docker Hub's debian:bookworm-slim: the
     base of build stages that run natively (the horovod image's cross compiler)."""
-    if not _exists(client, STANDIN_DEBIAN):
+    if not image_exists(client, STANDIN_DEBIAN):
         _debootstrap_image(STANDIN_DEBIAN, _native_arch(), ("ca-certificates",), "debian",
                            on_step)
     return STANDIN_DEBIAN
@@ -133,27 +133,27 @@ def _debootstrap_image(tag: str, arch: str, packages: Sequence[str], label: str,
 
 def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
                            on_step: Callable[[str], None] = lambda s: None) -> str:
-    if _exists(client, STANDIN_PYTORCH):
+    if image_exists(client, STANDIN_PYTORCH):
         return STANDIN_PYTORCH
     base = ensure_standin_base(client, on_step)
     on_step(f"pip install {' '.join(PYTORCH_PIP)} under QEMU (several minutes)")
     specs = " ".join(shlex.quote(s) for s in PYTORCH_PIP)
     secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
-    _build_on(base, STANDIN_PYTORCH, PYTORCH_DOCKERFILE % specs, secret, timeout=7200)
+    build_on(base, STANDIN_PYTORCH, PYTORCH_DOCKERFILE % specs, secret, timeout=7200)
     return STANDIN_PYTORCH
 
 
 def ensure_standin_triton_igpu(client: docker.DockerClient,
                                on_step: Callable[[str], None] = lambda s: None) -> str:
-    if _exists(client, STANDIN_TRITON_IGPU):
+    if image_exists(client, STANDIN_TRITON_IGPU):
         return STANDIN_TRITON_IGPU
     base = ensure_standin_base(client, on_step)
     on_step(f"stand-in for NGC's tritonserver igpu image ({STANDIN_TRITON_IGPU})")
-    _build_on(base, STANDIN_TRITON_IGPU, TRITON_IGPU_DOCKERFILE)
+    build_on(base, STANDIN_TRITON_IGPU, TRITON_IGPU_DOCKERFILE)
     return STANDIN_TRITON_IGPU
 
 
-def _build_on(base: str, tag: str, dockerfile: str, extra: list[str] | None = None,
+def build_on(base: str, tag: str, dockerfile: str, extra: list[str] | None = None,
               timeout: float | None = None) -> None:
     """Build `dockerfile` (ARG BASE_IMAGE) on the stand-in `base` as arm64 image `tag`."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,6 +70,8 @@ class HorovodOptions:
     train: tuple[str, ...] = ()  # script arguments, or a whole command
     port: int = 2222
     keep: bool = False  # leave the SSH server containers running afterwards
+    # Train with an image built without CUDA on boards that have a GPU (CPU training).
+    allow_cpu_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def plan_horovod(ssh: Ssh, nodes: Sequence[Node], options: HorovodOptions) -> Ho
         raise RunError("the ranks would run different images ("
                        + ", ".join(f"{w.node.name}: {w.image}" for w in workers) + ")",
                        hint="train on boards of one L4T release: --to a group of them")
+    if not options.allow_cpu_only:
+        check_cuda_built(_on_every(workers, lambda w: _image_cuda(ssh, w)), workers)
     names = _on_every(workers, lambda w: _fleet_iface(ssh, w.node))
     if len(set(names.values())) > 1:
         raise RunError(
@@ -171,6 +175,33 @@ def _on_every(workers: Sequence[Worker], operation: Callable[[Worker], T]) -> di
     if failed:
         raise failed[0]
     return {o.node.name: o.value for o in outcomes if o.value is not None}
+
+
+# The label `fleetimg build` gives a CUDA-capable image: "true" or "false" (built CPU-only).
+LABEL_CUDA = "io.fleetimg.cuda"
+
+
+def _image_cuda(ssh: Ssh, worker: Worker) -> str:
+    fmt = "{{ index .Config.Labels " + f'"{LABEL_CUDA}"' + " }}"
+    out = ssh.run(worker.node, worker.command("image", "inspect", "--format", fmt,
+                                              worker.image), timeout=30, check=False)
+    return out.stdout.strip()
+
+
+def check_cuda_built(labels: dict[str, str], workers: Sequence[Worker]) -> None:
+    """Refuse a CPU-only Horovod where a board has a GPU (its Docker has the nvidia
+    runtime): the training script moves the model to the GPU, and a Horovod built without
+    CUDA crashes at the first collective on a CUDA tensor ("...GPU device but not compiled
+    with CUDA", horovod/common/cuda_util.cc). An image without the label (built elsewhere)
+    is taken as it is."""
+    cpu_only = [w for w in workers if w.nvidia and labels.get(w.node.name) == "false"]
+    if cpu_only:
+        names = ",".join(w.node.name for w in cpu_only)
+        raise RunError(
+            f"{cpu_only[0].image} is a CPU-only Horovod ({LABEL_CUDA}=false) and {names} "
+            "have a GPU: GPU training would crash at its first collective",
+            hint="build horovod on a CUDA base (without --cpu-only / --standin), or pass "
+            "--allow-cpu-only to train on the CPU")
 
 
 def _fleet_iface(ssh: Ssh, node: Node) -> str:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from fleetimg import inventory
-from fleetimg.build.builder import BuildOptions, build_argv, parse_failure
-from fleetimg.build.plan import board_releases, group_releases, plan_build, single_group
+from fleetimg.build.builder import BuildOptions, build_argv, build_verdict, parse_failure
+from fleetimg.build.plan import (
+    board_releases,
+    group_releases,
+    parse_build_args,
+    plan_build,
+    single_group,
+)
 from fleetimg.build.releases import images_for, load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
 from fleetimg.errors import UsageError
@@ -229,3 +235,49 @@ def test_r36_sub_ranges_get_their_own_igpu_tags(tmp_path: Path) -> None:
     assert new.base == "nvcr.io/nvidia/tritonserver:24.10-py3-igpu"
     assert (old.build_args["TRITON_VERSION"], new.build_args["TRITON_VERSION"]) == ("2.43.0",
                                                                                      "2.51.0")
+
+
+def test_a_dockerfiles_own_verdict_is_the_build_error() -> None:
+    lines = (DATA / "buildkit-verdict.txt").read_text().splitlines()
+    verdict = build_verdict(lines)
+    assert verdict is not None
+    message, hint = verdict
+    assert message.startswith("this base's torch cannot load libcurand.so.10 at build time")
+    assert hint is not None and hint.startswith("a JetPack 4 Horovod must be built where CUDA 10.2 is")
+    # A failure without one keeps naming its step.
+    assert build_verdict((DATA / "buildkit-failure.txt").read_text().splitlines()) is None
+
+
+def test_horovod_is_built_with_cuda_unless_asked_for_a_cpu_base(tmp_path: Path) -> None:
+    gpu = plan_for("horovod", "R35.4.1", tmp_path)
+    assert gpu.build_args["HOROVOD_CUDA"] == "required"
+    assert gpu.labels["io.fleetimg.cuda"] == "true"
+    # Without nodes: every GPU fleetimg knows (Nano, TX2, Xavier, Orin).
+    assert gpu.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "53,62,72,87"
+    for kw in ({"standin": True}, {"cpu_only": True}):
+        cpu = plan_for("horovod", "R32.7.1", tmp_path, **kw)
+        assert cpu.build_args["HOROVOD_CUDA"] == "none", kw
+        assert cpu.labels["io.fleetimg.cuda"] == "false", kw
+    # Targets without CUDA code carry no such label.
+    assert "io.fleetimg.cuda" not in plan_for("pytorch", "R32.7.1", tmp_path).labels
+
+
+def test_the_cuda_list_is_the_selected_boards(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    text = inventory.starter_toml(nodes=2, subnet="192.168.10.0/24", module="xavier-nx")
+    path.write_text(text.replace('module = "xavier-nx"', 'module = "nano-2gb"', 1))
+    fleet = inventory.load(path)
+    group = single_group(group_releases(board_releases(fleet.nodes, None)))
+    plan = plan_build(load_target("horovod"), group, directory=tmp_path)
+    assert plan.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "53,72"
+
+
+def test_build_args_from_the_user_come_last_and_are_checked(tmp_path: Path) -> None:
+    args = parse_build_args(["CROSS_IMAGE=mirror/debian:bookworm-slim", "PIP_INDEX=x=y"])
+    assert args == {"CROSS_IMAGE": "mirror/debian:bookworm-slim", "PIP_INDEX": "x=y"}
+    plan = plan_build(load_target("horovod"), single_group(group_releases(
+        board_releases((), "R35.4.1"))), directory=tmp_path, extra_args=args)
+    assert plan.build_args["CROSS_IMAGE"] == "mirror/debian:bookworm-slim"
+    for bad in ("NOEQUALS", "1X=2", "BASE_IMAGE=x"):
+        with pytest.raises(UsageError):
+            parse_build_args([bad])

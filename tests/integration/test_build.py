@@ -120,8 +120,12 @@ def test_horovod_builds_on_standin_and_trains_on_two_workers(
                                "--ca-bundle", str(CA_BUNDLE), "--tag", "itest/horovod:dev",
                                timeout=90 * 60)
     assert code == 0, data
-    assert "2 workers trained over Gloo with identical replicas" in str(built(data)["smoke"])
+    smoke = str(built(data)["smoke"])
+    assert "2 workers trained over Gloo with identical replicas" in smoke
+    # The stand-in has no CUDA: the image says it is CPU-only, in its label and smoke line.
+    assert "CPU-only: no CUDA" in smoke
     image = docker_client.images.get("itest/horovod:dev")
+    assert image.labels["io.fleetimg.cuda"] == "false"
     assert image.attrs["Architecture"] == "arm64"
     assert image.labels["io.fleetimg.target"] == "horovod"
     assert "2222/tcp" in image.attrs["Config"]["ExposedPorts"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetimg.errors import UsageError
+from fleetimg.errors import RunError, UsageError
 from fleetimg.inventory import Fleet, parse
 from fleetimg.probe import parse_probe_output
 from fleetimg.workload.batch import (
@@ -27,6 +27,7 @@ from fleetimg.workload.horovod import (
     VERDICT_RE,
     HorovodOptions,
     HorovodPlan,
+    check_cuda_built,
     parse_iface,
     train_command,
 )
@@ -267,3 +268,17 @@ def test_the_job_mounts_the_boards_data_as_run_does() -> None:
     with pytest.raises(UsageError, match="--images needs --weights"):
         manifests(fleet().nodes[:2], ManifestOptions("pytorch", image="x/pytorch:1",
                                                      images_dir="/nfs/images"))
+
+
+def test_a_cpu_only_horovod_is_refused_where_a_board_has_a_gpu() -> None:
+    # A Horovod built without CUDA crashes GPU training at its first collective.
+    f = fleet()
+    gpu = dataclasses.replace(worker(f, "node1", "nano-jp461.txt"), nvidia=True)
+    lab = dataclasses.replace(worker(f, "node2", "nano-jp461.txt"), nvidia=False)
+    with pytest.raises(RunError, match=r"CPU-only Horovod .* node1 have a GPU") as info:
+        check_cuda_built({"node1": "false", "node2": "false"}, [gpu, lab])
+    assert info.value.hint is not None and "--allow-cpu-only" in info.value.hint
+    # Built with CUDA, built elsewhere (no label), or boards without a GPU: accepted.
+    check_cuda_built({"node1": "true", "node2": "false"}, [gpu, lab])
+    check_cuda_built({"node1": "", "node2": ""}, [gpu, lab])
+    check_cuda_built({"node2": "false"}, [lab])
