@@ -262,3 +262,11 @@ def test_a_readable_k3s_token_file_is_refused(make_fleet: Callable[..., Fleet],
     assert f"chmod 600 {token}" in proc.stderr
     token.chmod(0o600)
     assert inventory.load(fleet.path).sdcard.k3s_token_file == token
+
+
+def test_a_target_that_is_no_regular_file_is_one_line_with_a_hint(
+        make_fleet: Callable[..., Fleet], source: Path, tmp_path: Path) -> None:
+    (tmp_path / "cards").mkdir()
+    proc = sdcard(make_fleet(), "node2", source, tmp_path / "cards", "--force")
+    one_line_error(proc, 2, "exists and is not a regular file")
+    assert "hint: name a file for the card image" in proc.stderr
