@@ -13,7 +13,6 @@ from fleetimg import run as runmod
 from fleetimg.errors import FleetimgError
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-SETUP_HINT = "bash scripts/setup-host.sh (installs and starts everything below)"
 
 
 @dataclass(frozen=True)

@@ -164,10 +164,6 @@ class Node:
     # a card of a newer L4T major does not boot on older firmware.
     firmware: L4TRelease | None = None
 
-    @property
-    def is_master(self) -> bool:
-        return self.role is Role.MASTER
-
 
 @dataclass(frozen=True)
 class SdcardSettings:

@@ -268,7 +268,3 @@ def stop_card(name: str) -> bool:
     runmod.run(["ip", "netns", "del", state.netns], check=False)
     path.unlink(missing_ok=True)
     return True
-
-
-def stop_all() -> list[str]:
-    return [c.name for c in booted_cards() if stop_card(c.name)]

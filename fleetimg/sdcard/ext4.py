@@ -244,10 +244,3 @@ class Ext4:
                 f"e2fsck found problems in {self.spec}: {' / '.join(lines[-4:])}",
                 hint=f"inspect with `e2fsck -fn '{self.spec}'`",
             )
-
-    def block_size(self) -> int:
-        result = runmod.run(["dumpe2fs", "-h", self.spec])
-        m = re.search(r"^Block size:\s+(\d+)", result.stdout, re.MULTILINE)
-        if m is None:
-            raise DiskError(f"{self.spec}: not an ext4 filesystem")
-        return int(m[1])

@@ -16,7 +16,6 @@ from pathlib import Path
 from fleetimg.errors import DiskError
 
 SECTOR = 512
-LINUX_FS_GUID = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 
 @dataclass(frozen=True)

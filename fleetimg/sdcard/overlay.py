@@ -25,7 +25,6 @@ from fleetimg.sdcard.ext4 import DirSpec, Ext4, FileSpec, Inode, SymlinkSpec
 from fleetimg.sdcard.secrets import CardSecrets
 
 DEFAULT_TARGET = "/etc/systemd/system/default.target"
-OEM_CONFIG_TARGET = "/lib/systemd/system/nv-oem-config.target"
 NM_DIR = "/etc/NetworkManager/system-connections"
 ZRAM_WANTS = "/etc/systemd/system/multi-user.target.wants/nvzramconfig.service"
 NODE_PASSWORD = "/etc/rancher/node/password"

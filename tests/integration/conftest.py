@@ -29,8 +29,6 @@ from fleetimg.lab.standin import (
 from fleetimg.ssh import Ssh, SshOptions
 from tests.integration.images import ensure_arm64_mini_image
 
-pytestmark = pytest.mark.integration
-
 # Another name and subnet let a second checkout run its suite beside this one.
 LAB_NAME = os.environ.get("FLEETIMG_ITEST_LAB", "itest")
 LAB_SUBNET = os.environ.get("FLEETIMG_ITEST_SUBNET", "172.29.214.0/24")
