@@ -29,7 +29,7 @@ from fleetimg.push.engine import (
 )
 from fleetimg.push.localimage import docker_client
 from fleetimg.push.plan import Action, NodePlan
-from fleetimg.push.relay import NODE_KEY_PATH, Fanout, check_auth, require_agent
+from fleetimg.push.relay import NODE_KEY_PATH, Fanout, FanoutMode, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress
 
 
@@ -82,7 +82,7 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     check_auth(fanout, auth)
     client = docker_client()
     ssh = app.ssh(forward_agent=auth is RelayAuth.AGENT)
-    if auth is RelayAuth.AGENT and fanout.mode != "direct":
+    if auth is RelayAuth.AGENT and fanout.mode is not FanoutMode.DIRECT:
         require_agent()
     options = PushOptions(parallel=parallel, codec=codec, fanout=fanout, relay_auth=auth)
     plan = plan_fleet_push(ssh, client, image, nodes, options)

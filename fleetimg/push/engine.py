@@ -23,6 +23,7 @@ from fleetimg.push.localimage import LocalImage, assign_images
 from fleetimg.push.plan import CODECS, Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
+    FanoutMode,
     RelayGroup,
     arrange,
     build_table,
@@ -55,7 +56,7 @@ MAX_RELAY_ROUNDS = 2
 class PushOptions:
     parallel: int = 4
     codec: str = "auto"
-    fanout: Fanout = field(default_factory=lambda: Fanout("direct"))
+    fanout: Fanout = field(default_factory=lambda: Fanout(FanoutMode.DIRECT))
     relay_auth: RelayAuth | None = None
 
 
@@ -331,7 +332,7 @@ def refeed(ssh: Ssh, image: LocalImage, nodes: Sequence[Node], why: dict[str, st
         for p in replans if p.error is not None]
     ready = [p for p in replans if p.value is not None]
     fed, ready = _feed_from_node(ssh, image, ready, sources, options, why)
-    retry = dataclasses.replace(options, fanout=Fanout("direct")) \
+    retry = dataclasses.replace(options, fanout=Fanout(FanoutMode.DIRECT)) \
         if round_ > MAX_RELAY_ROUNDS else options
     delivery = arrange_delivery(ssh, ready, retry)
     results: list[NodeOutcome[NodeResult]] = []
@@ -364,7 +365,7 @@ def _feed_from_node(ssh: Ssh, image: LocalImage, ready: list[NodeOutcome[NodePla
         return [], ready
     plans = [source, *(p.value for p in takers if p.value is not None)]
     names = [p.node.name for p in plans]
-    parents = topology(names, Fanout("chain", 1))
+    parents = topology(names, Fanout(FanoutMode.CHAIN, 1))
     table = build_table(plans, parents, options.relay_auth,
                         known_host_lines(ssh.options.known_hosts, [p.node for p in plans[1:]]),
                         loads={source.node.name: "cat > /dev/null"})

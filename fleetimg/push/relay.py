@@ -18,6 +18,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -39,31 +40,46 @@ NODE_KEY_PATH = "~/.ssh/id_ed25519"
 AUTO_MIN_NODES = 2
 
 
+class FanoutMode(str, Enum):
+    """How a push reaches the nodes."""
+
+    AUTO = "auto"  # chain when two or more nodes can relay, else direct
+    DIRECT = "direct"  # every node from the workstation
+    CHAIN = "chain"  # the workstation feeds one node, each node the next
+    TREE = "tree"  # each node feeds `degree` others
+
+
 @dataclass(frozen=True)
 class Fanout:
-    mode: str  # auto, direct, chain, tree
+    mode: FanoutMode
     degree: int = 2  # children per node in a tree
+
+    def __post_init__(self) -> None:
+        # A plain string from a caller becomes the enum here, or fails: an unknown mode never
+        # silently becomes a tree.
+        object.__setattr__(self, "mode", FanoutMode(self.mode))
 
     @classmethod
     def parse(cls, text: str) -> Fanout:
-        mode, _, degree = text.strip().lower().partition(":")
-        if mode in ("auto", "direct", "chain") and not degree:
-            return cls(mode, 1 if mode == "chain" else 2)
-        if mode == "tree":
+        name, _, degree = text.strip().lower().partition(":")
+        mode = next((m for m in FanoutMode if m.value == name), None)
+        if mode in (FanoutMode.AUTO, FanoutMode.DIRECT, FanoutMode.CHAIN) and not degree:
+            return cls(mode, 1 if mode is FanoutMode.CHAIN else 2)
+        if mode is FanoutMode.TREE:
             if not degree:
-                return cls("tree", 2)
+                return cls(FanoutMode.TREE, 2)
             if degree.isdigit() and 2 <= int(degree) <= 16:
-                return cls("tree", int(degree))
+                return cls(FanoutMode.TREE, int(degree))
         raise UsageError(f"--fanout {text!r} is not a fan-out",
                          hint="use direct, chain, tree or tree:K (K = 2..16 children per node)")
 
     def __str__(self) -> str:
-        return f"tree:{self.degree}" if self.mode == "tree" else self.mode
+        return f"tree:{self.degree}" if self.mode is FanoutMode.TREE else self.mode.value
 
 
 def check_auth(fanout: Fanout, auth: RelayAuth | None) -> None:
     """An explicit relay needs an explicit way for nodes to log in to each other."""
-    if fanout.mode in ("chain", "tree") and auth is None:
+    if fanout.mode in (FanoutMode.CHAIN, FanoutMode.TREE) and auth is None:
         raise UsageError(
             f"--fanout {fanout} needs node-to-node SSH, and no way to log in was chosen",
             hint="pass --relay-auth internal-key (the fleet-internal key on every node, "
@@ -74,30 +90,30 @@ def check_auth(fanout: Fanout, auth: RelayAuth | None) -> None:
 def resolve(fanout: Fanout, relayable: int, auth: RelayAuth | None) -> tuple[Fanout, str]:
     """The fan-out to use and, when it is not what was asked, why."""
     check_auth(fanout, auth)
-    if fanout.mode == "direct":
+    if fanout.mode is FanoutMode.DIRECT:
         return fanout, ""
-    if fanout.mode == "auto":
+    if fanout.mode is FanoutMode.AUTO:
         if relayable < AUTO_MIN_NODES:
-            return Fanout("direct"), ""
+            return Fanout(FanoutMode.DIRECT), ""
         if auth is None:
-            return Fanout("direct"), (
+            return Fanout(FanoutMode.DIRECT), (
                 "sending to every node from here: relays need node-to-node SSH; set "
                 "relay_auth in [fleet] or pass --relay-auth internal-key|agent")
         # A chain lets every node receive at its full link rate; a tree of degree K splits
         # each relay's uplink K ways. Trees only pay off where links are uneven.
-        return Fanout("chain", 1), ""
+        return Fanout(FanoutMode.CHAIN, 1), ""
     return fanout, ""
 
 
 def topology(names: Sequence[str], fanout: Fanout) -> dict[str, str | None]:
     """Each node's parent (None: the workstation), in breadth-first order of `names`."""
-    if fanout.mode == "direct":
+    if fanout.mode is FanoutMode.DIRECT:
         return dict.fromkeys(names)
     parents: dict[str, str | None] = {}
     for i, name in enumerate(names):
         if i == 0:
             parents[name] = None
-        elif fanout.mode == "chain":
+        elif fanout.mode is FanoutMode.CHAIN:
             parents[name] = names[i - 1]
         else:
             parents[name] = names[(i - 1) // fanout.degree]
@@ -277,7 +293,7 @@ def arrange(ssh: Ssh, plans: Sequence[NodePlan], fanout: Fanout, auth: RelayAuth
         chosen, why = resolve(fanout, len(members), auth)
         if why and why not in notes:
             notes.append(why)
-        if chosen.mode == "direct" or len(members) < 2:
+        if chosen.mode is FanoutMode.DIRECT or len(members) < 2:
             direct += members
             continue
         assert auth is not None

@@ -15,6 +15,7 @@ from fleetimg.push.engine import why_missing
 from fleetimg.push.plan import CODECS, Action, NodePlan
 from fleetimg.push.relay import (
     Fanout,
+    FanoutMode,
     RelayAuth,
     RelayGroup,
     build_table,
@@ -179,3 +180,10 @@ def test_why_a_node_was_missed_points_at_the_break() -> None:
     tree = RelayGroup(plans, topology(names, Fanout("tree", 2)), "")
     assert tree.describe() == "workstation -> node1 -> (node2 -> (node4, node5), node3)"
     assert why_missing(tree, "node3", {"node3"}, out, {}) == "no report from its relay node1"
+
+
+def test_an_unknown_fanout_mode_never_becomes_a_tree() -> None:
+    # It once did: every mode that was not direct or chain was laid out as a tree.
+    with pytest.raises(ValueError):
+        Fanout("bogus")
+    assert Fanout("chain", 1).mode is FanoutMode.CHAIN
