@@ -28,6 +28,20 @@ def log_file() -> Path:
     return state_dir() / "fleetimg.log"
 
 
-def default_inventory() -> Path:
+INVENTORY_NAME = "fleet.toml"
+
+
+def default_inventory(start: Path | None = None) -> Path:
+    """FLEETIMG_INVENTORY, else the nearest fleet.toml in the current directory or a parent
+    (as git finds its repository: commands work from a fleet's subdirectories), else
+    ./fleet.toml, whose absence the loader reports."""
     # Set but empty (FLEETIMG_INVENTORY=) means unset, not the current directory.
-    return Path(os.environ.get("FLEETIMG_INVENTORY", "").strip() or "fleet.toml")
+    given = os.environ.get("FLEETIMG_INVENTORY", "").strip()
+    if given:
+        return Path(given)
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        candidate = directory / INVENTORY_NAME
+        if candidate.is_file():
+            return candidate if directory != here else Path(INVENTORY_NAME)
+    return Path(INVENTORY_NAME)

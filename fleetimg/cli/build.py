@@ -17,7 +17,7 @@ from fleetimg.probe import probed_releases
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def targets(as_json: bool) -> None:
     """Build targets and the NGC base each uses per L4T release."""
     table_ = load_table()

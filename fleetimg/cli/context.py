@@ -18,6 +18,7 @@ TO_HELP = "Nodes to act on: all-nodes, masters, workers, a group, or node1,node3
 class AppContext:
     inventory_path: Path
     verbose: bool
+    inventory_given: bool = False  # by -i or FLEETIMG_INVENTORY, not found by looking
     _fleet: Fleet | None = field(default=None, repr=False)
 
     def fleet(self) -> Fleet:

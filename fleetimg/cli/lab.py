@@ -24,7 +24,8 @@ def lab() -> None:
 
 
 @lab.command()
-@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64),
+              help="Container nodes (Jetson-like boards with sshd and Docker).")
 @click.option("--l4t", default="R32.7.1", show_default=True,
               help="L4T release the nodes report in /etc/nv_tegra_release.")
 @click.option("--module", default="nano-4gb", show_default=True, metavar="MODULE",
@@ -77,7 +78,8 @@ def status(name: str, as_json: bool) -> None:
 
 @lab.command()
 @click.option("--name", default="lab", show_default=True, help=NAME_HELP)
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None)
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
+              help="The directory `lab up --dir` used [default: ~/.local/state/fleetimg/NAME].")
 @click.option("--purge", is_flag=True, help="Also remove the cached lab node image.")
 def down(name: str, directory: Path | None, purge: bool) -> None:
     """Remove the lab's containers, volumes, network, keys and fleet.toml."""

@@ -25,7 +25,8 @@ from fleetimg.paths import default_inventory, log_file
 @click.option(
     "-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
     default=None, envvar="FLEETIMG_INVENTORY", show_envvar=True,
-    help="Fleet inventory file [default: ./fleet.toml].",
+    help="Fleet inventory file [default: fleet.toml here or in the nearest parent "
+    "directory that has one].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every command fleetimg runs.")
 @click.version_option(__version__, prog_name="fleetimg")
@@ -45,7 +46,10 @@ def cli(ctx: click.Context, inventory_path: Path | None, verbose: bool) -> None:
     if ctx.get_parameter_source("inventory_path") is ParameterSource.ENVIRONMENT \
             and not os.environ.get("FLEETIMG_INVENTORY", "").strip():
         inventory_path = None  # FLEETIMG_INVENTORY= (set but empty) means unset, not "."
-    ctx.obj = AppContext(inventory_path or default_inventory(), verbose)
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False  # no-color.org: no ANSI styles, terminal or not
+    ctx.obj = AppContext(inventory_path or default_inventory(), verbose,
+                         inventory_given=inventory_path is not None)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -97,8 +101,9 @@ def _private_log(path: Path) -> None:
 @pass_app
 def init(app: AppContext, nodes: int, subnet: str, name: str, l4t: str, module: str,
          force: bool, output: Path | None) -> None:
-    """Write a commented starter fleet.toml."""
-    target = output or app.inventory_path
+    """Write a commented starter fleet.toml (here, unless -o or -i names another)."""
+    # Not a fleet.toml found in a parent directory: init starts a fleet where it is run.
+    target = output or (app.inventory_path if app.inventory_given else Path("fleet.toml"))
     write_starter(target, inventory.starter_toml(nodes=nodes, subnet=subnet, name=name,
                                                  l4t=l4t, module=module), force=force)
     click.echo(f"wrote {target} with {nodes} node(s) on {subnet}; edit addresses and modules, "
@@ -147,10 +152,15 @@ _register()
 def _interrupted() -> None:
     # Ctrl-C / SIGTERM: fleetimg.stop already ended the children and the workers have
     # unwound; say what was left unfinished, exit 130 (SIGINT) or 143 (SIGTERM).
-    click.secho("interrupted: stopped before finishing", fg="red", err=True)
+    click.secho("interrupted: stopped before finishing", fg="red", err=True, color=_color())
     for line in stop.unfinished():
         click.echo(f"unfinished: {line}", err=True)
     sys.exit(stop.exit_code())
+
+
+def _color() -> bool | None:
+    """False under NO_COLOR (no-color.org), else click's own choice (a terminal or not)."""
+    return False if os.environ.get("NO_COLOR") else None
 
 
 def _wants_json(argv: list[str] | None) -> bool:
@@ -191,7 +201,7 @@ def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -
     if as_json and not (_stdout is not None and _stdout.wrote):
         emit_json({"error": {"type": kind, "message": message, "hint": hint,
                              "exit_code": code}})
-    click.secho(f"error: {_printable(message)}", fg="red", err=True)
+    click.secho(f"error: {_printable(message)}", fg="red", err=True, color=_color())
     if hint:
         click.echo(f"hint: {_printable(hint)}", err=True)
     sys.exit(code)
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         if stop.requested():
             _interrupted()
-        click.secho("aborted", fg="red", err=True)
+        click.secho("aborted", fg="red", err=True, color=_color())
         sys.exit(130)
     except click.ClickException as exc:
         if as_json and not (_stdout is not None and _stdout.wrote):

@@ -22,17 +22,14 @@ def registry() -> None:
 
 
 @registry.command()
-@click.option("--on", "on", default="local", show_default=True,
-              type=click.Choice(["local", "master"]),
-              help="local: this workstation runs Debian's docker-registry.")
 @click.option("--auth", is_flag=True,
               help="Nodes must log in to pull (user 'fleet', a random password kept 0600 in "
               "fleetimg's state; `registry configure` logs every node in).")
 @pass_app
-def up(app: AppContext, on: str, auth: bool) -> None:
-    """Start the registry (idempotent): read-only on the fleet's network, pushes only from
-    this machine, no deletes."""
-    info = reg.registry_up(app.fleet(), on, auth=auth)
+def up(app: AppContext, auth: bool) -> None:
+    """Start the registry on this workstation (Debian's docker-registry; idempotent):
+    read-only on the fleet's network, pushes only from this machine, no deletes."""
+    info = reg.registry_up(app.fleet(), auth=auth)
     click.echo(f"registry at {info.url}: read-only, on the fleet's network only (nodes pull "
                f"there); pushes go through {info.upload_endpoint} on this machine; no deletes; "
                f"storage {info.root}")
@@ -46,7 +43,7 @@ def down() -> None:
 
 
 @registry.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """Where the registry listens, and its repositories, tags and sizes."""
     info = reg.require_registry()

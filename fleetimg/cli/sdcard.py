@@ -122,7 +122,8 @@ def _confirm(plans: list[CardPlan], yes: bool) -> None:
               help="Accept an image from a booted board and reset its identity.")
 @click.option("--allow-non-removable", is_flag=True,
               help="Allow a drive the kernel does not flag removable (some USB readers).")
-@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 16))
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 16),
+              help="Cards written at once (--nodes/--devices).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, no bars.")
 @pass_app
 def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path | None,

@@ -170,12 +170,9 @@ def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool,
     return proc.pid
 
 
-def registry_up(fleet: Fleet, on: str = "local", *, auth: bool = False) -> RegistryInfo:
-    if on != "local":
-        raise UsageError(
-            f"--on {on}: a registry on a node is not available yet",
-            hint="use --on local (the workstation runs it; nodes pull over the LAN)",
-        )
+def registry_up(fleet: Fleet, *, auth: bool = False) -> RegistryInfo:
+    """The registry on this workstation (a node-hosted one was once advertised as
+    `--on master` and refused; it is not offered until it exists)."""
     host = fleet_address(fleet)
     current = read_info()
     if (current and current.host == host and current.auth == auth and runmod.pid_alive(current.pid)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+
+from fleetimg.cli.main import cli
 
 
 def fleetimg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,3 +94,72 @@ def test_click_usage_errors(args: list[str]) -> None:
     proc = fleetimg(*args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+# The first hour's CLI pass: what a user of docker, kubectl or git expects.
+
+def test_the_inventory_is_found_in_a_parent_directory(tmp_path: Path) -> None:
+    assert fleetimg("init", "--nodes", "2", cwd=tmp_path).returncode == 0
+    deep = tmp_path / "models" / "resnet"
+    deep.mkdir(parents=True)
+    proc = fleetimg("nodes", cwd=deep)
+    assert proc.returncode == 0, proc.stderr
+    assert "node2" in proc.stdout
+    # init starts a fleet where it runs: it never overwrites the parent's.
+    before = (tmp_path / "fleet.toml").read_text()
+    assert fleetimg("init", "--nodes", "3", "--force", cwd=deep).returncode == 0
+    assert (deep / "fleet.toml").is_file() and (tmp_path / "fleet.toml").read_text() == before
+
+
+def test_no_color_is_honoured_on_a_terminal(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Colour only shows on a terminal: the test gives the command one.
+    def on_a_terminal(env: dict[str, str]) -> bytes:
+        main, sub = pty.openpty()
+        try:
+            subprocess.run([sys.executable, "-m", "fleetimg", "-i", str(tmp_path / "none.toml"),
+                            "nodes"], stdin=subprocess.DEVNULL, stdout=sub, stderr=sub,
+                           env={**os.environ, **env}, timeout=60, check=False)
+            os.close(sub)
+            sub = -1
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # EIO: the terminal's other end is closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+        finally:
+            os.close(main)
+            if sub >= 0:
+                os.close(sub)
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert b"\x1b[" in on_a_terminal({})
+    without = on_a_terminal({"NO_COLOR": "1"})
+    assert b"error: no inventory" in without and b"\x1b[" not in without
+
+
+def test_shell_completion_is_offered() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fleetimg"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "_FLEETIMG_COMPLETE": "bash_source"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "_fleetimg_completion" in proc.stdout and "complete " in proc.stdout
+
+
+def test_every_option_explains_itself() -> None:
+    def missing(cmd: click.Command, path: list[str]) -> list[str]:
+        out = [f"{' '.join(path)} {p.opts[0]}" for p in cmd.params
+               if isinstance(p, click.Option) and not p.help and p.name != "help"]
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                out += missing(sub, [*path, name])
+        return out
+
+    assert missing(cli, ["fleetimg"]) == []
+    # Nothing is advertised that is then refused (registry up --on master once was).
+    assert "--on" not in fleetimg("registry", "up", "--help").stdout
