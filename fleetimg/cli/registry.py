@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import click
 
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
-from fleetimg.cli.render import emit_json, human_bytes, ok_word, table
+from fleetimg.cli.render import (
+    emit_json,
+    error_json,
+    human_bytes,
+    ok_word,
+    render_outcomes,
+    table,
+)
 from fleetimg.inventory import Node
 from fleetimg.push import registry as reg
 from fleetimg.push.engine import PushOptions, preflight
@@ -61,16 +68,22 @@ def status(as_json: bool) -> None:
 
 @registry.command()
 @click.option("--to", "selection", default="all-nodes", show_default=True, help=TO_HELP)
+@click.option("--dry-run", is_flag=True,
+              help="Read each node's configuration and say what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def configure(app: AppContext, selection: str) -> None:
-    """Let nodes pull from the registry over HTTP (daemon.json or k3s registries.yaml)."""
+def configure(app: AppContext, selection: str, dry_run: bool, as_json: bool) -> None:
+    """Let nodes pull from the registry over HTTP: daemon.json's insecure-registries
+    (other keys kept, Docker reloaded) or K3s's registries.yaml (other mirrors kept, K3s
+    restarted)."""
     info = reg.require_registry()
-    results = reg.configure_nodes(app.ssh(), list(app.fleet().select(selection)), info)
-    click.echo(table(["NODE", "RESULT", "DETAIL"], [
-        [r.node.name, ok_word(r.ok), r.value if r.ok else (r.error.message if r.error else "")]
-        for r in results]))
-    if any(not r.ok for r in results):
-        sys.exit(1)
+    results = reg.configure_nodes(app.ssh(), list(app.fleet().select(selection)), info,
+                                  dry_run=dry_run)
+    render_outcomes(results, as_json=as_json, headers=["NODE", "RESULT", "DETAIL"],
+                    row=lambda r: [r.node.name, ok_word(r.ok), r.value or ""],
+                    to_json=lambda r: {"node": r.node.name, "ok": r.ok, "result": r.value,
+                                       **error_json(r.error)},
+                    json_document=lambda rows: {"dry_run": dry_run, "nodes": rows})
 
 
 def push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, parallel: int,

@@ -266,27 +266,54 @@ def merge_insecure(daemon_json: str, endpoint: str) -> str:
     return json.dumps(data, indent=4) + "\n"
 
 
-def k3s_registries_yaml(endpoint: str, login: tuple[str, str] | None = None) -> str:
-    text = f'mirrors:\n  "{endpoint}":\n    endpoint:\n      - "http://{endpoint}"\n'
+def k3s_registries_yaml(endpoint: str, login: tuple[str, str] | None = None,
+                        current: str = "") -> str:
+    """K3s's registries.yaml with our mirror (and login) merged into `current`: the user's
+    other mirrors and configs are kept (as daemon.json's other keys are)."""
+    import yaml  # only commands that configure K3s nodes pay for it
+
+    try:
+        data = yaml.safe_load(current) if current.strip() else {}
+    except yaml.YAMLError as exc:
+        raise PushError(f"/etc/rancher/k3s/registries.yaml is not valid YAML: {exc}",
+                        hint="fix it by hand first; fleetimg never overwrites a file it "
+                        "cannot read") from exc
+    if not isinstance(data, dict):
+        raise PushError("/etc/rancher/k3s/registries.yaml is not a YAML mapping",
+                        hint="fix it by hand first")
+    mirrors = data.setdefault("mirrors", {}) or {}
+    data["mirrors"] = mirrors
+    mirrors[endpoint] = {"endpoint": [f"http://{endpoint}"]}
     if login is not None:
-        text += (f'configs:\n  "{endpoint}":\n    auth:\n      username: {json.dumps(login[0])}'
-                 f'\n      password: {json.dumps(login[1])}\n')
-    return text
+        configs = data.setdefault("configs", {}) or {}
+        data["configs"] = configs
+        configs[endpoint] = {"auth": {"username": login[0], "password": login[1]}}
+    return str(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
 
 
-def configure_node(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+def configure_node(ssh: Ssh, node: Node, info: RegistryInfo, *, dry_run: bool = False) -> str:
+    """Make the node trust (and log in to) the registry; with `dry_run`, read what it has
+    and say what would change, writing nothing."""
     login = credentials() if info.auth else None
     if info.auth and login is None:
         raise PushError("the registry asks for credentials but fleetimg has none",
                         hint="fleetimg registry down && fleetimg registry up --auth")
     if node.runtime is Runtime.K3S:
-        body = k3s_registries_yaml(info.endpoint, login)
+        current = ssh.run(node, "sudo -n cat /etc/rancher/k3s/registries.yaml 2>/dev/null "
+                          "|| true", timeout=30).stdout
+        body = k3s_registries_yaml(info.endpoint, login, current)
+        if current.strip() and _same_yaml(current, body):
+            return "already configured"
+        if dry_run:
+            return "would merge the mirror into registries.yaml and restart k3s"
         # 0600: it may hold the registry's password.
         ssh.run(node, "sudo -n mkdir -p /etc/rancher/k3s && sudo -n install -m 600 /dev/stdin "
                 "/etc/rancher/k3s/registries.yaml && (sudo -n systemctl restart "
                 "k3s-agent 2>/dev/null || sudo -n systemctl restart k3s 2>/dev/null || true)",
                 input=body, timeout=120)
-        return "registries.yaml written, k3s restarted"
+        return "registries.yaml merged, k3s restarted"
+    if dry_run:
+        return _plan_docker(ssh, node, info) + ("; would log in" if login else "")
     done = _configure_docker(ssh, node, info)
     if login is not None:
         # The password travels on stdin, never in a command line or a log.
@@ -297,15 +324,33 @@ def configure_node(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
     return done
 
 
-def _configure_docker(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+def _same_yaml(a: str, b: str) -> bool:
+    import yaml
+
+    return bool(yaml.safe_load(a) == yaml.safe_load(b))
+
+
+def _docker_config(ssh: Ssh, node: Node, info: RegistryInfo) -> tuple[str, str]:
+    """(daemon.json now, daemon.json with the registry)."""
     current = ssh.run(node, "sudo -n cat /etc/docker/daemon.json 2>/dev/null || true",
                       timeout=30).stdout
     try:
-        merged = merge_insecure(current, info.endpoint)
+        return current, merge_insecure(current, info.endpoint)
     except json.JSONDecodeError as exc:
         raise PushError(f"{node.name}: /etc/docker/daemon.json is not valid JSON: {exc}",
                         hint="fix it by hand first; fleetimg never overwrites a file it "
                         "cannot read") from exc
+
+
+def _plan_docker(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+    current, merged = _docker_config(ssh, node, info)
+    if merged.strip() == current.strip():
+        return "already configured"
+    return f"would add {info.endpoint} to insecure-registries and reload Docker"
+
+
+def _configure_docker(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
+    current, merged = _docker_config(ssh, node, info)
     if merged.strip() == current.strip():
         return "already configured"
     ssh.run(node, "sudo -n mkdir -p /etc/docker && sudo -n tee /etc/docker/daemon.json.fleetimg "
@@ -325,8 +370,9 @@ def _configure_docker(ssh: Ssh, node: Node, info: RegistryInfo) -> str:
 
 
 def configure_nodes(ssh: Ssh, nodes: list[Node], info: RegistryInfo,
-                    parallel: int = 8) -> list[NodeOutcome[str]]:
-    return for_each_node(nodes, lambda n: configure_node(ssh, n, info), parallel=parallel)
+                    parallel: int = 8, *, dry_run: bool = False) -> list[NodeOutcome[str]]:
+    return for_each_node(nodes, lambda n: configure_node(ssh, n, info, dry_run=dry_run),
+                         parallel=parallel)
 
 
 def registry_ref(image: LocalImage, host: str) -> str:

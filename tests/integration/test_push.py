@@ -172,6 +172,17 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
     v4 = build_app_image("fleetimg-test/push-app:v4", app="print('via registry')\n")
     assert fleetimg("-i", inv, "registry", "up").returncode == 0
     try:
+        # A dry run reads every node's configuration and writes nothing.
+        node1 = lab_fleet.node("node1")
+        before = ssh.run(node1, "sudo -n cat /etc/docker/daemon.json 2>/dev/null; true").stdout
+        code, plan = fleetimg_json("-i", inv, "registry", "configure", "--dry-run")
+        assert code == 0, plan
+        assert isinstance(plan, dict) and plan["dry_run"] is True
+        assert {n["node"] for n in plan["nodes"]} == {n.name for n in lab_fleet.nodes}
+        assert all(n["result"].startswith(("would add", "already configured"))
+                   for n in plan["nodes"]), plan
+        assert ssh.run(node1, "sudo -n cat /etc/docker/daemon.json 2>/dev/null; true"
+                       ).stdout == before
         proc = fleetimg("-i", inv, "registry", "configure")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         code, data = fleetimg_json("-i", inv, "push", v4, "--via", "registry")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from fleetimg.errors import PushError
 from fleetimg.push.archive import chain_ids
 from fleetimg.push.plan import containerd_has, parse_remote_images
+from fleetimg.push.registry import k3s_registries_yaml
 from tests.conftest import DATA
 
 PYTORCH_ID = "sha256:f257b16660254a04fe340b2e17c5f7f67f2e2ee21a55cfae6495b1b323108bc8"
@@ -40,3 +44,23 @@ def test_containerd_listing_needs_name_and_id() -> None:
     assert not containerd_has(listing, "fleetimg-test/app:4", image_id)
     assert not containerd_has(listing, "fleetimg-test/app:3", PYTORCH_ID)
     assert containerd_has("docker.io/library/busybox:1\nsha256:x\n", "busybox:1", "sha256:x")
+
+
+def test_k3s_registries_yaml_keeps_the_users_other_mirrors() -> None:
+    import yaml
+
+    mine = ('mirrors:\n  docker.io:\n    endpoint:\n      - "https://mirror.lab:5000"\n'
+            'configs:\n  mirror.lab:5000:\n    tls:\n      insecure_skip_verify: true\n')
+    merged = yaml.safe_load(k3s_registries_yaml("10.0.0.1:5000", ("fleet", "pw:\\n"), mine))
+    assert merged["mirrors"]["docker.io"] == {"endpoint": ["https://mirror.lab:5000"]}
+    assert merged["mirrors"]["10.0.0.1:5000"] == {"endpoint": ["http://10.0.0.1:5000"]}
+    assert merged["configs"]["mirror.lab:5000"]["tls"]["insecure_skip_verify"] is True
+    # A password that looks like YAML syntax stays one string.
+    assert merged["configs"]["10.0.0.1:5000"]["auth"] == {"username": "fleet",
+                                                           "password": "pw:\\n"}
+    # Merging again changes nothing.
+    again = k3s_registries_yaml("10.0.0.1:5000", ("fleet", "pw:\\n"),
+                                k3s_registries_yaml("10.0.0.1:5000", ("fleet", "pw:\\n"), mine))
+    assert yaml.safe_load(again) == merged
+    with pytest.raises(PushError, match="not valid YAML"):
+        k3s_registries_yaml("10.0.0.1:5000", None, "mirrors: [unclosed\n")
