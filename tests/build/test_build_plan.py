@@ -115,6 +115,9 @@ def test_nano_sets_triton_min_compute_capability(tmp_path: Path) -> None:
     group = single_group(group_releases(board_releases(fleet.nodes, None)))
     plan = plan_build(load_target("triton"), group, directory=tmp_path)
     assert plan.build_args["MIN_COMPUTE_CAPABILITY"] == "5.3"
+    # Horovod's CUDA code is compiled for the selected boards' GPUs only.
+    horovod = plan_build(load_target("horovod"), group, directory=tmp_path)
+    assert horovod.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "53,72"
     xavier_only = single_group(group_releases(board_releases(fleet.nodes[1:], None)))
     assert plan_build(load_target("triton"), xavier_only,
                       directory=tmp_path).build_args["MIN_COMPUTE_CAPABILITY"] == "7.2"
@@ -261,15 +264,6 @@ def test_horovod_is_built_with_cuda_unless_asked_for_a_cpu_base(tmp_path: Path) 
     # Targets without CUDA code carry no such label.
     assert "io.fleetimg.cuda" not in plan_for("pytorch", "R32.7.1", tmp_path).labels
 
-
-def test_the_cuda_list_is_the_selected_boards(tmp_path: Path) -> None:
-    path = tmp_path / "fleet.toml"
-    text = inventory.starter_toml(nodes=2, subnet="192.168.10.0/24", module="xavier-nx")
-    path.write_text(text.replace('module = "xavier-nx"', 'module = "nano-2gb"', 1))
-    fleet = inventory.load(path)
-    group = single_group(group_releases(board_releases(fleet.nodes, None)))
-    plan = plan_build(load_target("horovod"), group, directory=tmp_path)
-    assert plan.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "53,72"
 
 
 def test_build_args_from_the_user_come_last_and_are_checked(tmp_path: Path) -> None:
