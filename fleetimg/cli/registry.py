@@ -18,9 +18,7 @@ from fleetimg.cli.render import (
 )
 from fleetimg.inventory import Node
 from fleetimg.push import registry as reg
-from fleetimg.push.engine import PushOptions, preflight
-from fleetimg.push.localimage import docker_client, resolve_image
-from fleetimg.push.plan import Action
+from fleetimg.push.viaregistry import execute_registry_push, plan_registry_push
 
 
 @click.group()
@@ -88,40 +86,26 @@ def configure(app: AppContext, selection: str, dry_run: bool, as_json: bool) -> 
 
 def push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, parallel: int,
                       dry_run: bool, as_json: bool) -> None:
-    info = reg.require_registry()
-    local = resolve_image(docker_client(), image)
     ssh = app.ssh()
-    plans = preflight(ssh, nodes, local, PushOptions(parallel=parallel))
-    pullers = [p.value for p in plans if p.value and p.value.action in (Action.SEND, Action.TAG)]
-    pulling = {p.node.name for p in pullers}
+    plan = plan_registry_push(ssh, nodes, image, parallel=parallel)
     if dry_run:
-        click.echo(table(["NODE", "ACTION", "WHY"], [
-            [p.node.name, "pull" if p.node.name in pulling else
-             (p.value.action.value if p.value else "unreachable"),
-             p.value.reason if p.value else (p.error.message if p.error else "")]
-            for p in plans]))
-        return
-    remote_ref = reg.push_to_registry(local, info) if pullers else ""
-    pulled = {r.node.name: r for r in reg.pull_everywhere(ssh, pullers, local, remote_ref,
-                                                          parallel)}
-    rows, failed = [], 0
-    out = []
-    for p in plans:
-        r = pulled.get(p.node.name)
-        if r is not None:
-            ok, what = r.ok, (r.value if r.ok else r.error.message if r.error else "")
-        elif p.value is not None and p.value.action is Action.SKIP:
-            ok, what = True, "skipped: already has it"
+        rows = [{"node": p.node.name, "action": plan.action(p),
+                 "why": p.value.reason if p.value else (p.error.message if p.error else "")}
+                for p in plan.nodes]
+        if as_json:
+            emit_json({"image": plan.image.ref, "via": plan.registry.url, "dry_run": True,
+                       "nodes": rows})
         else:
-            ok = False
-            what = p.value.reason if p.value else (p.error.message if p.error else "")
-        failed += not ok
-        rows.append([p.node.name, ok_word(ok), what])
-        out.append({"node": p.node.name, "ok": ok, "detail": what})
+            click.echo(table(["NODE", "ACTION", "WHY"],
+                             [[r["node"], r["action"], r["why"]] for r in rows]))
+        return
+    results = execute_registry_push(ssh, plan, parallel=parallel)
     if as_json:
-        emit_json({"image": local.ref, "via": info.url, "nodes": out})
+        emit_json({"image": plan.image.ref, "via": plan.registry.url, "dry_run": False,
+                   "nodes": [r.__dict__ for r in results]})
     else:
-        click.echo(f"{local.ref} pushed to {info.url}; nodes pulled in parallel")
-        click.echo(table(["NODE", "RESULT", "DETAIL"], rows))
-    if failed:
+        click.echo(f"{plan.image.ref} pushed to {plan.registry.url}; nodes pulled in parallel")
+        click.echo(table(["NODE", "RESULT", "DETAIL"],
+                         [[r.node, ok_word(r.ok), r.detail] for r in results]))
+    if any(not r.ok for r in results):
         sys.exit(1)

@@ -185,6 +185,11 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
                        ).stdout == before
         proc = fleetimg("-i", inv, "registry", "configure")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        # A dry run of the registry path is a JSON document too, and sends nothing.
+        code, dry = fleetimg_json("-i", inv, "push", v4, "--via", "registry", "--dry-run")
+        assert code == 0, dry
+        assert isinstance(dry, dict) and dry["dry_run"] is True
+        assert [n["action"] for n in dry["nodes"]] == ["pull"] * 3
         code, data = fleetimg_json("-i", inv, "push", v4, "--via", "registry")
         assert code == 0, data
         assert isinstance(data, dict)
