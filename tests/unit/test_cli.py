@@ -163,3 +163,17 @@ def test_every_option_explains_itself() -> None:
     assert missing(cli, ["fleetimg"]) == []
     # Nothing is advertised that is then refused (registry up --on master once was).
     assert "--on" not in fleetimg("registry", "up", "--help").stdout
+
+
+def test_a_users_install_pulls_no_test_or_dev_packages() -> None:
+    # `pip install .` / pipx: runtime dependencies only; the suite's live in extras.
+    import re
+
+    from fleetimg import tomlcompat as tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    names = {re.split(r"[<>=!~; \[]", d, maxsplit=1)[0].lower()
+             for d in project["project"]["dependencies"]}
+    assert not names & {"pytest", "testcontainers", "torch", "numpy", "pillow", "ruff", "mypy",
+                        "matplotlib", "mfusepy"}
+    assert {"docker", "click"} <= names
