@@ -8,7 +8,9 @@ written. So a dry run leaves nothing behind, and every card of one run gets the 
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,27 @@ def node_password_path(fleet: Fleet, node: Node) -> Path:
     return fleet.base_dir / NODE_PASSWORD_DIR / node.name
 
 
+def read_secret(path: Path) -> bytes:
+    """A secret file's content, never through a link: a link planted beside the inventory
+    (k3s-node-passwords/node2 -> /etc/shadow) would otherwise put another file's content on
+    every card."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        what = "a symbolic link" if path.is_symlink() else exc.strerror
+        raise DiskError(f"{path}: cannot read it as a secret file ({what})",
+                        hint=f"fleetimg keeps its own file there; look at it and remove it "
+                        f"(`rm {path}`) to have a new one made") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DiskError(f"{path} is not a regular file",
+                            hint=f"remove it (`rm -r {path}`) to have a new one made")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
 def card_secrets(fleet: Fleet, nodes: Iterable[Node]) -> CardSecrets:
     """What the cards of these nodes need, read from disk or made in memory. Writes nothing."""
     pending: list[PendingFile] = []
@@ -53,9 +76,9 @@ def card_secrets(fleet: Fleet, nodes: Iterable[Node]) -> CardSecrets:
     if fleet.sdcard.internal_ssh_key:
         path = internal_key_path(fleet)
         pub = path.with_name(path.name + ".pub")
-        if path.exists() and pub.exists():
-            private_key, public = path.read_bytes(), pub.read_bytes()
-        elif path.exists() or pub.exists():
+        if os.path.lexists(path) and os.path.lexists(pub):
+            private_key, public = read_secret(path), read_secret(pub)
+        elif os.path.lexists(path) or os.path.lexists(pub):
             raise DiskError(f"only one half of the fleet-internal key pair exists ({path})",
                             hint=f"remove {path} and {pub} to make a new pair (then re-write "
                             "every card), or restore the missing half")
@@ -68,8 +91,8 @@ def card_secrets(fleet: Fleet, nodes: Iterable[Node]) -> CardSecrets:
         if node.runtime is not Runtime.K3S:
             continue
         path = node_password_path(fleet, node)
-        if path.exists():
-            passwords[node.name] = path.read_text().strip()
+        if os.path.lexists(path):
+            passwords[node.name] = read_secret(path).decode(errors="replace").strip()
         else:
             passwords[node.name] = secrets.token_hex(16)
             pending.append(PendingFile(path, f"{passwords[node.name]}\n".encode()))

@@ -270,3 +270,19 @@ def test_a_target_that_is_no_regular_file_is_one_line_with_a_hint(
     proc = sdcard(make_fleet(), "node2", source, tmp_path / "cards", "--force")
     one_line_error(proc, 2, "exists and is not a regular file")
     assert "hint: name a file for the card image" in proc.stderr
+
+
+def test_a_secret_beside_the_inventory_is_never_read_through_a_link(
+        make_fleet: Callable[..., Fleet], source: Path, tmp_path: Path) -> None:
+    # k3s-node-passwords/node2 -> a file of someone else's: its content would land on the card.
+    victim = tmp_path / "victim"
+    victim.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    fleet = make_fleet(runtime="k3s")
+    planted = tmp_path / "k3s-node-passwords" / "node2"
+    planted.parent.mkdir()
+    planted.symlink_to(victim)
+    out = tmp_path / "node2.img"
+    proc = sdcard(fleet, "node2", source, out)
+    one_line_error(proc, 1, "cannot read it as a secret file (a symbolic link)")
+    assert f"rm {planted}" in proc.stderr
+    assert not out.exists() and victim.read_text().startswith("root:")
