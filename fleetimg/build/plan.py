@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetimg import labels
 from fleetimg import run as runmod
 from fleetimg.build.releases import ReleaseImages, images_for
 from fleetimg.build.targets import Target
@@ -99,9 +100,10 @@ def _source_labels(directory: Path, target: Target) -> dict[str, str]:
 
 # Every GPU fleetimg knows, for Horovod's CUDA code when no nodes are selected.
 ALL_CUDA_CC = ("5.3", "6.2", "7.2", "8.7")
-# Says whether a CUDA-capable target was built with CUDA ("true") or CPU-only ("false");
-# `fleetimg run horovod` refuses a CPU-only image on boards with a GPU.
-LABEL_CUDA = "io.fleetimg.cuda"
+
+
+def _cc_order(capability: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in capability.split("."))
 
 
 def plan_build(
@@ -124,11 +126,9 @@ def plan_build(
         images, variant.base_column)
     # Without nodes: the oldest GPU of the family (Nano 5.3; JetPack 6 runs on Orin only).
     default_capability = "8.7" if images.l4t.major >= 36 else "5.3"
-    capability = min((n.module.compute_capability for n in group.nodes),
-                     default=default_capability,
-                     key=lambda c: tuple(int(x) for x in c.split(".")))
-    ccs = sorted({n.module.compute_capability for n in group.nodes} or set(ALL_CUDA_CC),
-                 key=lambda c: tuple(int(x) for x in c.split(".")))
+    selected = {n.module.compute_capability for n in group.nodes}
+    capability = min(selected, default=default_capability, key=_cc_order)
+    ccs = sorted(selected or set(ALL_CUDA_CC), key=_cc_order)
     without_cuda = cpu_only or standin
     computed = {
         "HOROVOD_CUDA": "none" if without_cuda else "required",
@@ -149,17 +149,18 @@ def plan_build(
     # BuildKit 0.11+ (buildx) also stamps the config and history with it; older BuildKit
     # (Docker 20.10's) ignores an argument no ARG declares.
     args["SOURCE_DATE_EPOCH"] = str(source_date_epoch(directory))
-    labels = {
+    image_labels = {
         **_source_labels(directory, target),
-        "io.fleetimg.target": target.name,
-        "io.fleetimg.l4t": str(images.l4t),
-        "io.fleetimg.jetpack": images.jetpack,
-        "io.fleetimg.base": resolved,
+        labels.TARGET: target.name,
+        labels.L4T: str(images.l4t),
+        labels.JETPACK: images.jetpack,
+        labels.BASE: resolved,
     }
     if "HOROVOD_CUDA" in target.args:
-        labels[LABEL_CUDA] = "false" if without_cuda else "true"
+        image_labels[labels.CUDA] = "false" if without_cuda else "true"
     all_tags = (f"fleetimg/{target.name}:{images.l4t.tag}", *tags)
-    return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args, labels,
+    return BuildPlan(target, images, resolved, tuple(dict.fromkeys(all_tags)), args,
+                     image_labels,
                      tuple(n.name for n in group.nodes), boards=group.boards,
                      dockerfile=variant.dockerfile)
 

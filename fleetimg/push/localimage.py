@@ -12,9 +12,8 @@ from docker.models.images import Image
 from fleetimg.errors import PushError, UsageError
 from fleetimg.inventory import Node
 from fleetimg.l4t import L4TRelease, host_runs_image
-
-LABEL_TARGET = "io.fleetimg.target"
-LABEL_L4T = "io.fleetimg.l4t"
+from fleetimg.labels import L4T as LABEL_L4T
+from fleetimg.labels import TARGET as LABEL_TARGET
 
 
 @dataclass(frozen=True)

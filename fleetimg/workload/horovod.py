@@ -28,6 +28,7 @@ from typing import IO, TypeVar
 from fleetimg import private, stop
 from fleetimg.errors import FleetimgError, RunError, UsageError
 from fleetimg.inventory import INTERNAL_KEY_NAME, Fleet, Node
+from fleetimg.labels import CUDA as LABEL_CUDA
 from fleetimg.parallel import for_each_node
 from fleetimg.ssh import Ssh
 from fleetimg.workload.nodes import (
@@ -175,10 +176,6 @@ def _on_every(workers: Sequence[Worker], operation: Callable[[Worker], T]) -> di
     if failed:
         raise failed[0]
     return {o.node.name: o.value for o in outcomes if o.value is not None}
-
-
-# The label `fleetimg build` gives a CUDA-capable image: "true" or "false" (built CPU-only).
-LABEL_CUDA = "io.fleetimg.cuda"
 
 
 def _image_cuda(ssh: Ssh, worker: Worker) -> str:
