@@ -334,9 +334,10 @@ def _path(value: Any, base_dir: Path, where: str, p: _Problems, must_exist: bool
 def _secret_path(value: Any, base_dir: Path, where: str, p: _Problems) -> Path | None:
     """A file that holds a secret: like ssh, refuse one that others can read."""
     path = _path(value, base_dir, where, p, must_exist=True)
-    if path is not None and path.is_file() and path.stat().st_mode & 0o077:
-        p.add(where, f"{path} can be read by other users (mode "
-              f"{path.stat().st_mode & 0o777:o}): run `chmod 600 {path}`")
+    mode = path.stat().st_mode if path is not None and path.is_file() else 0
+    if mode & 0o077:
+        p.add(where, f"{path} can be read by other users (mode {mode & 0o777:o}): run "
+              f"`chmod 600 {path}`")
     return path
 
 

@@ -63,12 +63,12 @@ def hand_over(path: Path) -> None:
             os.chown(path, *owner, follow_symlinks=False)
 
 
-def create(path: Path, *, private: bool = True) -> int:
-    """A new file at `path`, open read-write: 0600 and the invoking user's when `private`.
+def create(path: Path) -> int:
+    """A new private file at `path` (0600, the invoking user's), open read-write.
 
     Raises DiskError if anything (a file, a symlink, a dangling symlink) is there already."""
     try:
-        fd = os.open(path, os.O_RDWR | _NEW, PRIVATE_MODE if private else 0o666)
+        fd = os.open(path, os.O_RDWR | _NEW, PRIVATE_MODE)
     except FileExistsError as exc:
         raise DiskError(f"{path} appeared while fleetimg was about to create it",
                         hint="another fleetimg may be writing the same file; "
@@ -77,8 +77,7 @@ def create(path: Path, *, private: bool = True) -> int:
         raise DiskError(f"cannot create {path}: {exc.strerror}",
                         hint=f"check that {path.parent} is writable") from exc
     try:
-        if private:
-            secure_fd(fd)
+        secure_fd(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

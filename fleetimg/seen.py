@@ -15,6 +15,7 @@ from fleetimg.paths import state_dir
 def _path() -> Path:
     return state_dir() / "addresses.json"
 
+
 def _load() -> dict[str, dict[str, str]]:
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(_path().read_text())
@@ -22,9 +23,11 @@ def _load() -> dict[str, dict[str, str]]:
             return data
     return {}
 
+
 def last_address(fleet_name: str, node_name: str) -> str | None:
     found = _load().get(fleet_name, {}).get(node_name)
     return found if isinstance(found, str) else None
+
 
 def record(fleet_name: str, addresses: Mapping[str, str]) -> None:
     """Remember where these nodes answered; written whole by a rename, so a crash or a

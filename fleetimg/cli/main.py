@@ -197,10 +197,15 @@ class _Watched:
 _stdout: _Watched | None = None
 
 
-def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -> NoReturn:
-    if as_json and not (_stdout is not None and _stdout.wrote):
+def _error_json(kind: str, message: str, hint: str | None, code: int) -> None:
+    """The error as --json's document, unless the command already printed its own."""
+    if _stdout is not None and not _stdout.wrote:
         emit_json({"error": {"type": kind, "message": message, "hint": hint,
                              "exit_code": code}})
+
+
+def _fail(message: str, hint: str | None, code: int, kind: str) -> NoReturn:
+    _error_json(kind, message, hint, code)
     click.secho(f"error: {_printable(message)}", fg="red", err=True, color=_color())
     if hint:
         click.echo(f"hint: {_printable(hint)}", err=True)
@@ -210,8 +215,7 @@ def _fail(message: str, hint: str | None, code: int, kind: str, as_json: bool) -
 def main(argv: list[str] | None = None) -> None:
     global _stdout
     stop.install()
-    as_json = _wants_json(argv)
-    if as_json:
+    if _wants_json(argv):
         _stdout = _Watched(sys.stdout)
         sys.stdout = _stdout
     try:
@@ -222,9 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         click.secho("aborted", fg="red", err=True, color=_color())
         sys.exit(130)
     except click.ClickException as exc:
-        if as_json and not (_stdout is not None and _stdout.wrote):
-            emit_json({"error": {"type": "UsageError", "message": exc.format_message(),
-                                 "hint": "see --help", "exit_code": exc.exit_code}})
+        _error_json("UsageError", exc.format_message(), "see --help", exc.exit_code)
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, stop.Interrupted):
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     except FleetimgError as exc:
         if stop.requested():
             _interrupted()
-        _fail(exc.message, exc.hint, exc.exit_code, type(exc).__name__, as_json)
+        _fail(exc.message, exc.hint, exc.exit_code, type(exc).__name__)
     except Exception as exc:
         path = log_file()
         try:
@@ -242,5 +244,4 @@ def main(argv: list[str] | None = None) -> None:
         except OSError:
             path = Path("(log file not writable)")
         _fail(f"unexpected {type(exc).__name__}: {exc}",
-              f"this is a fleetimg bug; the traceback is in {path}", 1, "InternalError",
-              as_json)
+              f"this is a fleetimg bug; the traceback is in {path}", 1, "InternalError")

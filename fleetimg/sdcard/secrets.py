@@ -103,8 +103,8 @@ def persist(found: CardSecrets) -> None:
     """Create the secret files planning made in memory; idempotent. A file that appeared
     meanwhile with other content (another run) stops us: cards must agree with the disk."""
     for item in found.pending:
-        if item.path.exists():
-            if item.path.read_bytes() != item.content:
+        if os.path.lexists(item.path):
+            if read_secret(item.path) != item.content:
                 raise DiskError(f"{item.path} was created by another run while this one was "
                                 "planning", hint="run the command again")
             continue
@@ -113,6 +113,6 @@ def persist(found: CardSecrets) -> None:
         try:
             newfile.write_new(item.path, item.content, private=True)
         except FileExistsError:
-            if item.path.is_symlink() or item.path.read_bytes() != item.content:
+            if item.path.is_symlink() or read_secret(item.path) != item.content:
                 raise DiskError(f"{item.path} was created by another run meanwhile",
                                 hint="run the command again") from None
