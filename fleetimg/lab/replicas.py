@@ -14,7 +14,7 @@ decide whether fleetimg's Dockerfiles build (sources in docs/replicas.md):
   ENV PIP_INDEX_URL naming a host that is gone (jetson-containers #1202/#1207).
 
 What they cannot reproduce here is said in docs/replicas.md (Ubuntu's Python 3.6/3.8/3.10
-and pip 9.0.1, a CUDA build of torch, a real nvcc).
+and pip 9.0.1, a CUDA 10.2/11.4/12.x build of torch and nvcc).
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ LABEL io.fleetimg.replica=l4t-pytorch-r32
 
 
 def _cuda_chain_dockerfile(version: str, label: str, extra: str = "") -> str:
-    # The toolkit directory holds bin/nvcc, as on the board images. No nvcc driver is
-    # installable here (docs/replicas.md), so this one only answers --version as NVIDIA's
-    # does and compiles nothing: enough for the checks that decide where Horovod compiles.
+    # The toolkit directory holds bin/nvcc, as on the board images. No aarch64 nvcc of these
+    # CUDA versions is installable here (docs/replicas.md), so this one only answers
+    # --version as NVIDIA's does and compiles nothing: enough for the checks that decide
+    # where Horovod compiles.
     say = f"Cuda compilation tools, release {version}, V{version}.0"
     return f"""\
 ARG BASE_IMAGE
