@@ -14,12 +14,11 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 
-from fleetimg.apply.plan import Writes
 from fleetimg.apply.snapshot import need_sudo
 from fleetimg.errors import CommandError, UsageError
 from fleetimg.inventory import Node
+from fleetimg.nodestate.spec import ChangeSet, FileSpec, check_path
 from fleetimg.remote import sh
-from fleetimg.sdcard.ext4 import FileSpec, check_path
 from fleetimg.ssh import Ssh
 
 
@@ -39,7 +38,7 @@ def _payload(files: Sequence[FileSpec]) -> str:
     return base64.encodebytes(buf.getvalue()).decode()
 
 
-def write_steps(writes: Writes) -> list[str]:
+def write_steps(writes: ChangeSet) -> list[str]:
     """The shell steps that install `writes`: directories, files, links, then removals."""
     steps = [sh("put_dir", f"{d.mode:o}", d.uid, d.gid, check_path(d.path))
              for d in sorted(writes.dirs, key=lambda d: d.path.count("/"))]

@@ -25,29 +25,21 @@ from fleetimg.apply.plan import (
     Change,
     Effect,
     PartPlan,
-    Writes,
     effects,
     plan_part,
     reset_changes,
     skipped_concerns,
 )
-from fleetimg.apply.snapshot import BoardFacts, BoardFs, read_board
+from fleetimg.apply.snapshot import BoardFacts, read_board
 from fleetimg.errors import ConnectionFailed, FleetimgError, UsageError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.l4t import parse_nv_tegra_release
+from fleetimg.nodestate.memfs import MemFs
+from fleetimg.nodestate.model import NM_KEYFILE, Concern, overlay_parts, read_set
+from fleetimg.nodestate.secrets import CardSecrets, card_secrets, persist
+from fleetimg.nodestate.spec import ChangeSet
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.remote import sh
-from fleetimg.sdcard.overlay import (
-    DEFAULT_TARGET,
-    FIRSTBOOT_DONE,
-    FIRSTBOOT_UNIT,
-    NM_KEYFILE,
-    NODE_PASSWORD,
-    ZRAM_WANTS,
-    Concern,
-    overlay_parts,
-)
-from fleetimg.sdcard.secrets import CardSecrets, card_secrets, persist
 from fleetimg.ssh import Ssh
 
 REBOOT_TIMEOUT = 300.0
@@ -133,24 +125,9 @@ class NodeApplied:
 
 
 def read_paths(fleet: Fleet) -> tuple[str, ...]:
-    """Every path the overlay reads or writes on a board. The user's own private keys in
-    ~/.ssh are not among them: only the files fleetimg writes there."""
-    user = fleet.sdcard.user
-    home = f"/home/{user}"
-    wants = "/etc/systemd/system/multi-user.target.wants"
-    return (
-        "/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/hostname",
-        "/etc/hosts", "/etc/NetworkManager/system-connections", NM_KEYFILE,
-        "/etc/nv_tegra_release", f"/etc/sudoers.d/fleetimg-{user}", home, f"{home}/.ssh",
-        f"{home}/.ssh/authorized_keys", f"{home}/.ssh/id_ed25519",
-        f"{home}/.ssh/id_ed25519.pub", "r:/etc/skel", "/etc/docker", "/etc/docker/daemon.json",
-        "/etc/nv", "/etc/nv/nvfirstboot", "/etc/nv/nvautoconfig", "r:/etc/fleetimg",
-        "/usr/local/sbin/fleetimg-firstboot", FIRSTBOOT_UNIT, DEFAULT_TARGET, wants,
-        f"{wants}/fleetimg-firstboot.service", ZRAM_WANTS, "/etc/rancher", "/etc/rancher/k3s",
-        "/etc/rancher/k3s/config.yaml", "/etc/rancher/node", NODE_PASSWORD,
-        "/var/lib/rancher/k3s/agent/client-kubelet.crt",
-        "/var/lib/rancher/k3s/agent/serving-kubelet.crt", FIRSTBOOT_DONE,
-    )
+    """What apply fetches from a board: the model's read set (fleetimg.nodestate.model) and
+    the board's release. The user's own private keys in ~/.ssh are not among them."""
+    return ("/etc/nv_tegra_release", *read_set(fleet.sdcard))
 
 
 def _candidates(fleet: Fleet, node: Node, options: ApplyOptions) -> list[Node]:
@@ -162,7 +139,7 @@ def _candidates(fleet: Fleet, node: Node, options: ApplyOptions) -> list[Node]:
 
 
 def _reach(ssh: Ssh, fleet: Fleet, node: Node, options: ApplyOptions) -> \
-        tuple[Node, BoardFacts, BoardFs]:
+        tuple[Node, BoardFacts, MemFs]:
     last: FleetimgError | None = None
     candidates = _candidates(fleet, node, options)
     for at in candidates:
@@ -183,7 +160,7 @@ def _reach(ssh: Ssh, fleet: Fleet, node: Node, options: ApplyOptions) -> \
     raise last
 
 
-def _plan_node(fleet: Fleet, node: Node, reached: Node, facts: BoardFacts, fs: BoardFs,
+def _plan_node(fleet: Fleet, node: Node, reached: Node, facts: BoardFacts, fs: MemFs,
                secrets: CardSecrets, options: ApplyOptions) -> NodePlan:
     release = node.l4t
     tegra = fs.read_text("/etc/nv_tegra_release")
@@ -293,10 +270,7 @@ def _finish(ssh: Ssh, p: NodePlan, at: Node, moved: Moved | None,
             options: ApplyOptions) -> NodeApplied:
     """Everything but the network move: files, identity reset, then the effects."""
     writes = [pp.writes for pp in p.parts if not (moved and pp.concern is Concern.NETWORK)]
-    merged = Writes(tuple(f for w in writes for f in w.files),
-                    tuple(d for w in writes for d in w.dirs),
-                    tuple(s for w in writes for s in w.symlinks),
-                    tuple(r for w in writes for r in w.remove))
+    merged = ChangeSet.merge(writes)
     steps = board.write_steps(merged)
     wanted = effects(c for c in p.changes if not (moved and c.concern is Concern.NETWORK))
     done: list[Effect] = []

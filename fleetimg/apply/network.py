@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from fleetimg import knownhosts, stop
 from fleetimg.apply.board import run_steps
-from fleetimg.apply.plan import Writes
 from fleetimg.apply.snapshot import BoardFacts
 from fleetimg.errors import FleetimgError, HostKeyChanged
 from fleetimg.inventory import Node
+from fleetimg.nodestate.model import NM_KEYFILE, keyfile_uuid
+from fleetimg.nodestate.spec import ChangeSet
 from fleetimg.remote import sh
-from fleetimg.sdcard.overlay import NM_KEYFILE, keyfile_uuid
 from fleetimg.ssh import Ssh
 
 ROLLBACK_SECONDS = 30
@@ -51,7 +51,7 @@ def _poller(ssh: Ssh) -> Ssh:
                                    persist_seconds=30))
 
 
-def move(ssh: Ssh, at: Node, to: Node, writes: Writes, facts: BoardFacts, *,
+def move(ssh: Ssh, at: Node, to: Node, writes: ChangeSet, facts: BoardFacts, *,
          seconds: int = ROLLBACK_SECONDS,
          on_step: Callable[[str], None] = lambda s: None) -> Moved:
     """Install the network files in `writes` on the board reached as `at`, activate them,

@@ -2,7 +2,7 @@
 
 Each change names its concern, path and what it does (create, modify, owner, link,
 remove), with a diff of text that is not secret, and the effect it needs to take hold
-(reconnect the network, restart a service, reboot). Computed from a `BoardFs` snapshot;
+(reconnect the network, restart a service, reboot). Computed from a `MemFs` snapshot;
 nothing here talks to a board.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from fleetimg.apply.snapshot import BoardFacts, BoardFs
-from fleetimg.sdcard.ext4 import DirSpec, FileSpec, SymlinkSpec
-from fleetimg.sdcard.overlay import (
+from fleetimg.apply.snapshot import BoardFacts
+from fleetimg.nodestate.memfs import MemFs
+from fleetimg.nodestate.model import (
     DEFAULT_TARGET,
     NM_KEYFILE,
     NODE_PASSWORD,
@@ -23,6 +23,7 @@ from fleetimg.sdcard.overlay import (
     Concern,
     Part,
 )
+from fleetimg.nodestate.spec import ChangeSet, DirSpec, FileSpec, InodeKind
 
 DIFF_LINES = 40  # per file; a longer diff is cut with a note
 
@@ -81,23 +82,10 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Writes:
-    """What the board writer installs: the parts' entries that differ from the board."""
-
-    files: tuple[FileSpec, ...] = ()
-    dirs: tuple[DirSpec, ...] = ()
-    symlinks: tuple[SymlinkSpec, ...] = ()
-    remove: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.files or self.dirs or self.symlinks or self.remove)
-
-
-@dataclass(frozen=True)
 class PartPlan:
     concern: Concern
     changes: tuple[Change, ...]
-    writes: Writes
+    writes: ChangeSet  # the part's entries that differ from the board
 
 
 def _is_secret(spec: FileSpec) -> bool:
@@ -106,10 +94,10 @@ def _is_secret(spec: FileSpec) -> bool:
     return not spec.mode & 0o004 and not spec.path.endswith("/.ssh/authorized_keys")
 
 
-def _file_change(concern: Concern, spec: FileSpec, fs: BoardFs) -> Change | None:
+def _file_change(concern: Concern, spec: FileSpec, fs: MemFs) -> Change | None:
     current = fs.stat(spec.path)
     effect = _EFFECTS.get(spec.path)
-    if current is None or current.kind != "regular":
+    if current is None or current.kind is not InodeKind.REGULAR:
         return Change(concern, spec.path, Action.CREATE, f"{len(spec.content)} bytes, "
                       f"0{spec.mode:o} {spec.uid}:{spec.gid}", effect,
                       () if _is_secret(spec) else _diff(spec.path, b"", spec.content))
@@ -142,7 +130,7 @@ def _diff(path: str, old: bytes, new: bytes) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def plan_part(part: Part, fs: BoardFs) -> PartPlan:
+def plan_part(part: Part, fs: MemFs) -> PartPlan:
     """The changes that make the board hold `part`."""
     changes: list[Change] = []
     dirs: list[DirSpec] = []
@@ -174,7 +162,8 @@ def plan_part(part: Part, fs: BoardFs) -> PartPlan:
     removes = [r for r in part.remove if r not in replaced and fs.stat(r) is not None]
     changes += [Change(part.concern, r, Action.REMOVE, "", _EFFECTS.get(r)) for r in removes]
     return PartPlan(part.concern, tuple(changes),
-                    Writes(tuple(files), tuple(dirs), tuple(links), tuple(removes)))
+                    ChangeSet(files=tuple(files), dirs=tuple(dirs), symlinks=tuple(links),
+                              remove=tuple(removes)))
 
 
 def reset_changes() -> tuple[Change, ...]:

@@ -2,7 +2,7 @@
 
 The board sends its files as a tar (types, modes, owners, link targets and contents in one
 format every board has), and a few facts beside it: whether systemd and NetworkManager run,
-which connection is active, which services are up. `BoardFs` answers the overlay's reads
+which connection is active, which services are up. `MemFs` answers the model's reads
 from that, like `Ext4` does for a card, so both writers start from the same parts.
 """
 
@@ -17,12 +17,13 @@ from importlib import resources
 
 from fleetimg.errors import CommandError, FleetimgError
 from fleetimg.inventory import Node
+from fleetimg.nodestate.memfs import MemFs
+from fleetimg.nodestate.spec import Inode, InodeKind
 from fleetimg.remote import sh
-from fleetimg.sdcard.ext4 import Inode
 from fleetimg.ssh import Ssh
 
-_KINDS = {tarfile.REGTYPE: "regular", tarfile.AREGTYPE: "regular", tarfile.DIRTYPE: "directory",
-          tarfile.SYMTYPE: "symlink"}
+_KINDS = {tarfile.REGTYPE: InodeKind.REGULAR, tarfile.AREGTYPE: InodeKind.REGULAR,
+          tarfile.DIRTYPE: InodeKind.DIRECTORY, tarfile.SYMTYPE: InodeKind.SYMLINK}
 
 
 @dataclass(frozen=True)
@@ -36,64 +37,12 @@ class BoardFacts:
     pending: tuple[str, ...] = ()  # effects an earlier apply left for --restart
 
 
-class BoardFs:
-    """A read-only view of the paths fetched from a board (the `RootFs` the overlay reads).
-
-    Asking about a path that was not fetched is a bug, not an absent file: it raises."""
-
-    def __init__(self, members: dict[str, tuple[Inode, bytes]], requested: tuple[str, ...]):
-        self._members = members
-        self._exact = {p for p in requested if not p.startswith("r:")}
-        self._trees = tuple(p[2:].rstrip("/") + "/" for p in requested if p.startswith("r:"))
-
-    def covers(self, path: str) -> bool:
-        if path in self._exact or any(path.startswith(t) or path + "/" == t
-                                      for t in self._trees):
-            return True
-        # Under a requested directory that is absent, everything is known to be absent.
-        return any(path.startswith(p.rstrip("/") + "/") and p not in self._members
-                   for p in self._exact)
-
-    def _check(self, path: str) -> None:
-        if not self.covers(path):
-            raise FleetimgError(f"internal: {path} was not read from the board",
-                                hint="this is a fleetimg bug: add the path to apply's reads")
-
-    def stat(self, path: str) -> Inode | None:
-        self._check(path)
-        found = self._members.get(path)
-        return found[0] if found else None
-
-    def read(self, path: str) -> bytes | None:
-        self._check(path)
-        found = self._members.get(path)
-        if found is None or found[0].kind != "regular":
-            return None
-        return found[1]
-
-    def read_text(self, path: str) -> str | None:
-        data = self.read(path)
-        return None if data is None else data.decode(errors="replace")
-
-    def listdir(self, path: str) -> list[str]:
-        self._check(path + "/x")
-        prefix = path.rstrip("/") + "/"
-        return sorted({p[len(prefix):] for p in self._members
-                       if p.startswith(prefix) and "/" not in p[len(prefix):]})
-
-    def walk(self, top: str) -> list[tuple[str, str]]:
-        self._check(top + "/x")
-        prefix = top.rstrip("/") + "/"
-        return [(p, self._members[p][0].kind) for p in sorted(self._members)
-                if p.startswith(prefix)]
-
-
 def read_script() -> str:
     return resources.files("fleetimg").joinpath("data/apply-read.sh").read_text()
 
 
 def parse_read_output(node: Node, text: str, requested: tuple[str, ...]) -> \
-        tuple[BoardFacts, BoardFs]:
+        tuple[BoardFacts, MemFs]:
     """The facts and files from apply-read.sh's output."""
     kv: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -114,13 +63,15 @@ def parse_read_output(node: Node, text: str, requested: tuple[str, ...]) -> \
                 path = "/" + m.name.strip("/")
                 if path in members:
                     continue  # named twice: tar stores the repeat as a hard link to the first
-                kind = _KINDS.get(m.type, "other")
+                kind = _KINDS.get(m.type, InodeKind.OTHER)
                 data = b""
-                if kind == "regular":
+                if kind is InodeKind.REGULAR:
                     f = tar.extractfile(m)
                     data = f.read() if f else b""
-                members[path] = (Inode(path, kind, m.mode & 0o7777, m.uid, m.gid, m.size,
-                                       m.linkname if kind == "symlink" else None), data)
+                members[path] = (Inode(
+                    path=path, kind=kind, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid,
+                    size=m.size, link_target=m.linkname if kind is InodeKind.SYMLINK else None),
+                    data)
     active = {}
     for entry in kv.get("active", []):
         uuid, _, device = entry.partition(":")
@@ -135,10 +86,10 @@ def parse_read_output(node: Node, text: str, requested: tuple[str, ...]) -> \
         network_try_pending=kv.get("network_try") == ["pending"],
         pending=tuple(kv.get("pending", [])),
     )
-    return facts, BoardFs(members, requested)
+    return facts, MemFs(members, requested)
 
 
-def read_board(ssh: Ssh, node: Node, paths: tuple[str, ...]) -> tuple[BoardFacts, BoardFs]:
+def read_board(ssh: Ssh, node: Node, paths: tuple[str, ...]) -> tuple[BoardFacts, MemFs]:
     """Read `paths` (as root, through sudo) and the board's facts."""
     try:
         result = ssh.run(node, f"sudo -n sh -s -- {sh(*paths)}", input=read_script(),

@@ -19,8 +19,8 @@ from fleetimg.apply.plan import Action
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import echo_failure, emit_json, error_json, ok_word, render_outcomes
 from fleetimg.errors import UsageError
+from fleetimg.nodestate.model import Concern
 from fleetimg.parallel import NodeOutcome
-from fleetimg.sdcard.overlay import Concern
 
 _MARKS = {Action.CREATE: "+", Action.MODIFY: "~", Action.OWNER: "~", Action.LINK: "~",
           Action.REMOVE: "-", Action.RESET: "!"}

@@ -11,57 +11,23 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fleetimg import run as runmod
 from fleetimg.errors import DiskError
+from fleetimg.nodestate.spec import (
+    SAFE_PATH,
+    DirSpec,
+    FileSpec,
+    Inode,
+    InodeKind,
+    SymlinkSpec,
+    check_path,
+)
 
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._@+:/-]*$")
 _BANNER = re.compile(r"^debugfs \d+\.\d+")
-_KINDS = {0o100000: "regular", 0o040000: "directory", 0o120000: "symlink"}
-
-
-@dataclass(frozen=True)
-class Inode:
-    path: str
-    kind: str  # regular, directory, symlink, ...
-    mode: int  # permission bits only
-    uid: int
-    gid: int
-    size: int
-    link_target: str | None = None
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One file the overlay writes: content, owner and permission bits."""
-
-    path: str
-    content: bytes
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-
-
-@dataclass(frozen=True)
-class DirSpec:
-    path: str
-    mode: int = 0o755
-    uid: int = 0
-    gid: int = 0
-
-
-@dataclass(frozen=True)
-class SymlinkSpec:
-    path: str
-    target: str
-
-
-def check_path(path: str) -> str:
-    if not _SAFE_PATH.match(path) or "//" in path or "/../" in path:
-        raise DiskError(f"refusing unsafe path for debugfs: {path!r}")
-    return path
+_KINDS = {0o100000: InodeKind.REGULAR, 0o040000: InodeKind.DIRECTORY,
+          0o120000: InodeKind.SYMLINK}
 
 
 def parse_stat(path: str, text: str) -> Inode | None:
@@ -74,7 +40,7 @@ def parse_stat(path: str, text: str) -> Inode | None:
         return None
     link = re.search(r'Fast link dest:\s+"(.*)"', text)
     return Inode(
-        path=path, kind=m[1], mode=int(m[2], 8) & 0o7777,
+        path=path, kind=InodeKind.parse(m[1]), mode=int(m[2], 8) & 0o7777,
         uid=int(owner[1]), gid=int(owner[2]), size=int(owner[3]),
         link_target=link[1] if link else None,
     )
@@ -142,21 +108,22 @@ class Ext4:
     def listdir(self, path: str) -> list[str]:
         return [name for name, _ in self.entries(path)]
 
-    def entries(self, path: str) -> list[tuple[str, str]]:
-        """(name, kind) of a directory's entries; kind: regular, directory, symlink, other."""
+    def entries(self, path: str) -> list[tuple[str, InodeKind]]:
+        """(name, kind) of a directory's entries."""
         out, errors = self._debugfs(f'ls -p "{check_path(path)}"')
         if errors:
             return []
-        found = []
+        found: list[tuple[str, InodeKind]] = []
         for line in out.splitlines():
             fields = line.strip().strip("/").split("/")
             if len(fields) >= 5 and fields[4] not in (".", ".."):
-                found.append((fields[4], _KINDS.get(int(fields[1], 8) & 0o170000, "other")))
+                found.append((fields[4], _KINDS.get(int(fields[1], 8) & 0o170000,
+                                                 InodeKind.OTHER)))
         return found
 
-    def walk(self, top: str) -> list[tuple[str, str]]:
+    def walk(self, top: str) -> list[tuple[str, InodeKind]]:
         """(path, kind) of everything under `top`, parents before children."""
-        out: list[tuple[str, str]] = []
+        out: list[tuple[str, InodeKind]] = []
         for name, kind in sorted(self.entries(top)):
             path = f"{top.rstrip('/')}/{name}"
             out.append((path, kind))
@@ -199,7 +166,7 @@ class Ext4:
                 commands.append(f'write "{local}" "{check_path(f.path)}"')
                 commands += self._owner(f.path, 0o100000 | f.mode, f.uid, f.gid)
             for s in symlinks:
-                if not _SAFE_PATH.match(s.target):
+                if not SAFE_PATH.match(s.target):
                     raise DiskError(f"refusing unsafe symlink target {s.target!r}")
                 commands.append(f'symlink "{check_path(s.path)}" "{s.target}"')
             if not commands:

@@ -17,19 +17,15 @@ from pathlib import Path
 from fleetimg import newfile, stop
 from fleetimg.errors import ClonedImage, DiskError, DriveRefused, FleetimgError, UsageError
 from fleetimg.inventory import Fleet, Node
+from fleetimg.nodestate.model import build_overlay, validate_settings
+from fleetimg.nodestate.secrets import CardSecrets, card_secrets, persist
+from fleetimg.nodestate.spec import ChangeSet
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.sdcard import drives
 from fleetimg.sdcard.bmap import write_bmap
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.inspect import CLONED_EXPLANATION, RootfsReport, inspect_rootfs
-from fleetimg.sdcard.overlay import (
-    Overlay,
-    apply_overlay,
-    build_overlay,
-    validate_settings,
-    verify_overlay,
-)
-from fleetimg.sdcard.secrets import CardSecrets, card_secrets, persist
+from fleetimg.sdcard.overlay import apply_overlay, verify_overlay
 from fleetimg.sdcard.source import resolve_source
 from fleetimg.sdcard.writer import (
     WritePlan,
@@ -72,7 +68,7 @@ class CardPlan:
     drive: drives.Drive | None
     warnings: tuple[str, ...]
     source: SourceImage
-    overlay: Overlay
+    overlay: ChangeSet
     secrets: CardSecrets = field(default_factory=CardSecrets)
 
     @property

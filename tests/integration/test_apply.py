@@ -15,7 +15,7 @@ from fleetimg import run as runmod
 from fleetimg.inventory import Fleet, load
 from fleetimg.lab.boot import boot_card, stop_card
 from fleetimg.lab.manager import LabConfig
-from fleetimg.sdcard.overlay import KEYS_BEGIN, KEYS_END, NM_KEYFILE
+from fleetimg.nodestate.model import KEYS_BEGIN, KEYS_END, NM_KEYFILE
 from tests.integration.cards import on, probe_one, write_card
 from tests.integration.conftest import CARD_SUBNET, fleetimg_json
 

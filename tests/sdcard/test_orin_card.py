@@ -13,7 +13,7 @@ from fleetimg import inventory
 from fleetimg.errors import UsageError
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
-from fleetimg.sdcard.ext4 import FileSpec
+from fleetimg.nodestate.spec import FileSpec
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
 from fleetimg.sdcard.gpt import read_table_file
 from fleetimg.sdcard.testimage import build_test_image

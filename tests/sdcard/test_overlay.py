@@ -13,6 +13,7 @@ import pytest
 from fleetimg import run as runmod
 from fleetimg.errors import ClonedImage, UsageError
 from fleetimg.inventory import Fleet
+from fleetimg.nodestate.model import KEYS_BEGIN, KEYS_END
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.flash import (
     CardResult,
@@ -21,7 +22,6 @@ from fleetimg.sdcard.flash import (
     prepare_source,
     write_card,
 )
-from fleetimg.sdcard.overlay import KEYS_BEGIN, KEYS_END
 from fleetimg.sdcard.writer import plan_write
 from tests.sdcard.fixtures import app_fs
 

@@ -10,10 +10,10 @@ import pytest
 from fleetimg import inventory
 from fleetimg.apply.engine import read_paths
 from fleetimg.apply.plan import Action, Effect, plan_part
-from fleetimg.apply.snapshot import BoardFs, parse_read_output
+from fleetimg.apply.snapshot import parse_read_output
 from fleetimg.errors import FleetimgError
-from fleetimg.sdcard.ext4 import FileSpec, SymlinkSpec
-from fleetimg.sdcard.overlay import (
+from fleetimg.nodestate.memfs import MemFs
+from fleetimg.nodestate.model import (
     DEFAULT_TARGET,
     FIRSTBOOT_DONE,
     KEYS_BEGIN,
@@ -24,6 +24,7 @@ from fleetimg.sdcard.overlay import (
     Part,
     managed_authorized_keys,
 )
+from fleetimg.nodestate.spec import FileSpec, SymlinkSpec
 from tests.conftest import DATA
 
 
@@ -35,7 +36,7 @@ def node(tmp_path: Path) -> inventory.Node:
 
 
 @pytest.fixture
-def board(node: inventory.Node, tmp_path: Path) -> BoardFs:
+def board(node: inventory.Node, tmp_path: Path) -> MemFs:
     fleet = inventory.load(tmp_path / "fleet.toml")
     requested = tuple(p for p in read_paths(fleet) if not p.endswith(("id_ed25519", "shadow")))
     return parse_read_output(node, (DATA / "apply-read.txt").read_text(), requested)[1]
@@ -58,8 +59,8 @@ def test_facts_and_files_of_a_booted_card(node: inventory.Node, tmp_path: Path) 
     assert fs.stat(ZRAM_WANTS) is None  # asked for, absent on this board
 
 
-def test_a_path_never_read_is_a_bug_not_an_absent_file(board: BoardFs) -> None:
-    with pytest.raises(FleetimgError, match="not read from the board"):
+def test_a_path_never_read_is_a_bug_not_an_absent_file(board: MemFs) -> None:
+    with pytest.raises(FleetimgError, match="is outside the paths read"):
         board.stat("/etc/shadow")
     # Under a directory that is absent, everything is known to be absent.
     assert board.stat("/etc/rancher/k3s/registries.yaml") is None
@@ -70,9 +71,9 @@ def test_incomplete_output_is_refused(node: inventory.Node) -> None:
         parse_read_output(node, "systemd=yes\ntar=\n", ())
 
 
-def test_plan_names_each_change_with_its_effect(board: BoardFs) -> None:
+def test_plan_names_each_change_with_its_effect(board: MemFs) -> None:
     hosts = board.read("/etc/hosts") or b""
-    part = Part(Concern.NETWORK, files=(
+    part = Part(concern=Concern.NETWORK, files=(
         FileSpec("/etc/hostname", b"node9\n"),
         FileSpec("/etc/hosts", hosts, mode=0o640),
         FileSpec(NM_KEYFILE, b"[connection]\nid=other\n", mode=0o600)),
@@ -95,8 +96,8 @@ def test_plan_names_each_change_with_its_effect(board: BoardFs) -> None:
     assert plan.writes.remove == (FIRSTBOOT_DONE,)
 
 
-def test_unchanged_entries_plan_nothing(board: BoardFs) -> None:
-    part = Part(Concern.NETWORK, files=(
+def test_unchanged_entries_plan_nothing(board: MemFs) -> None:
+    part = Part(concern=Concern.NETWORK, files=(
         FileSpec("/etc/hostname", board.read("/etc/hostname") or b""),),
         symlinks=(SymlinkSpec(DEFAULT_TARGET, "/lib/systemd/system/multi-user.target"),))
     plan = plan_part(part, board)
