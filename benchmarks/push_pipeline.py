@@ -34,8 +34,8 @@ from benchmarks import write_results
 from fleetimg.inventory import Fleet
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.lab.nodeimage import ensure_node_image
+from fleetimg.localimage import resolve_image
 from fleetimg.push.layerstore import open_store, write_archive
-from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import CODECS
 
 ZSTD = " ".join(CODECS["zstd"].compress)

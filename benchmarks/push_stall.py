@@ -29,8 +29,8 @@ import docker
 from benchmarks import write_results
 from fleetimg.inventory import RelayAuth
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
+from fleetimg.localimage import resolve_image
 from fleetimg.push.engine import PushOptions, execute, preflight
-from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
 from fleetimg.push.relay import Fanout
 from fleetimg.push.transfer import Progress

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import write_results
 from benchmarks.sdcard_write import drop_caches, sh, size
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.sdcard.bmap import write_bmap
-from fleetimg.sdcard.testimage import build_test_image
 from fleetimg.sdcard.writer import WritePlan, plan_write, verify_mapped, write_mapped
 
 READ_MBPS = 90  # a UHS-I card's reads

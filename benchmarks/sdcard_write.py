@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import write_results
-from fleetimg.sdcard.testimage import build_test_image
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.sdcard.writer import plan_write, verify_mapped, write_mapped
 
 

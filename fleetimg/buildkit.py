@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import ToolMissing
 
 CLASSIC_CANDIDATES = ("docker", "/usr/bin/docker")
@@ -24,7 +24,7 @@ class BuildCommand:
 
 
 def _client_major(cli: str) -> int | None:
-    out = runmod.run([cli, "version", "--format", "{{.Client.Version}}"], check=False,
+    out = programs.run([cli, "version", "--format", "{{.Client.Version}}"], check=False,
                      timeout=30)
     version = out.stdout.strip()
     return int(version.split(".")[0]) if version[:1].isdigit() else None
@@ -32,7 +32,7 @@ def _client_major(cli: str) -> int | None:
 
 def find_build_command() -> BuildCommand:
     docker = shutil.which("docker")
-    if docker and runmod.run([docker, "buildx", "version"], check=False,
+    if docker and programs.run([docker, "buildx", "version"], check=False,
                              timeout=30).returncode == 0:
         return BuildCommand((docker, "buildx", "build", "--load"), {}, "docker buildx")
     seen = set()

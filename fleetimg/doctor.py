@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import FleetimgError
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -81,11 +81,11 @@ def _tool_check(
     name: str, tools: list[str], package: str, why: str, required: bool = True
 ) -> Callable[[], Check]:
     def check() -> Check:
-        missing = [t for t in tools if runmod.find_tool(t) is None]
+        missing = [t for t in tools if programs.find_tool(t) is None]
         if missing:
             return Check(name, False, f"missing {', '.join(missing)} ({why})",
                          fix=f"apt-get install {package}", required=required)
-        return Check(name, True, ", ".join(runmod.find_tool(t) or t for t in tools),
+        return Check(name, True, ", ".join(programs.find_tool(t) or t for t in tools),
                      required=required)
     return check
 

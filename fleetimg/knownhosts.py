@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleetimg import run as runmod
+from fleetimg import programs
 
 
 def host_pattern(address: str, port: int = 22) -> str:
@@ -21,7 +21,7 @@ def entries(known_hosts: Path, address: str, port: int = 22) -> list[str]:
     """The known_hosts lines for the address, as recorded (hashed entries included)."""
     if not known_hosts.exists():
         return []
-    found = runmod.run(["ssh-keygen", "-F", host_pattern(address, port), "-f",
+    found = programs.run(["ssh-keygen", "-F", host_pattern(address, port), "-f",
                         str(known_hosts)], check=False).stdout
     return [ln for ln in found.splitlines() if ln.strip() and not ln.startswith("#")]
 
@@ -35,7 +35,7 @@ def keys_for(known_hosts: Path, address: str, port: int = 22) -> list[str]:
 def forget(known_hosts: Path, address: str, port: int = 22) -> None:
     """Trust no key for the address any more (a re-flashed board makes new ones)."""
     if known_hosts.exists():
-        runmod.run(["ssh-keygen", "-q", "-R", host_pattern(address, port), "-f",
+        programs.run(["ssh-keygen", "-q", "-R", host_pattern(address, port), "-f",
                     str(known_hosts)], check=False)
         known_hosts.with_name(known_hosts.name + ".old").unlink(missing_ok=True)
 

@@ -10,8 +10,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from fleetimg import newfile
-from fleetimg import run as runmod
+from fleetimg import newfile, programs
 
 
 def keypair(comment: str) -> tuple[bytes, bytes]:
@@ -22,7 +21,7 @@ def keypair(comment: str) -> tuple[bytes, bytes]:
     comment = re.sub(r"[^A-Za-z0-9._@-]", "_", comment)
     with tempfile.TemporaryDirectory(prefix="fleetimg-key-") as tmp:
         key = Path(tmp) / "key"
-        runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+        programs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
                     "-f", str(key)])
         return key.read_bytes(), key.with_name("key.pub").read_bytes()
 

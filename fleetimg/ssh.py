@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fleetimg import run as runmod
-from fleetimg import stop
+from fleetimg import programs, stop
 from fleetimg.errors import CommandError, ConnectionFailed, HostKeyChanged, UsageError
 from fleetimg.inventory import Node
 from fleetimg.paths import control_dir
@@ -84,7 +83,7 @@ class Ssh:
     def connect(self, node: Node) -> None:
         """Open (or reuse) the node's master connection; raise ConnectionFailed if we can't."""
         with self._lock(node):
-            check = runmod.run(
+            check = programs.run(
                 [*self.base_argv(node), "-O", "check", self.destination(node)], check=False
             )
             if check.returncode == 0:
@@ -94,7 +93,7 @@ class Ssh:
                 if node.name in self._answering:
                     return
             argv = [*self.base_argv(node, master="yes"), "-f", "-N", self.destination(node)]
-            rc, stderr = runmod.run_detached(argv)
+            rc, stderr = programs.run_detached(argv)
             if rc != 0:
                 raise self._classify(node, stderr)
             self._answering.add(node.name)
@@ -105,7 +104,7 @@ class Ssh:
         bounded by the connect timeout, tells; a dead-end master is closed."""
         timeout = self.options.connect_timeout
         try:
-            ok = runmod.run([*self.base_argv(node), self.destination(node), "true"],
+            ok = programs.run([*self.base_argv(node), self.destination(node), "true"],
                             check=False, timeout=timeout).returncode == 0
         except CommandError:  # timed out
             self.disconnect(node)
@@ -158,7 +157,7 @@ class Ssh:
         """Run a shell command line on the node and capture its output."""
         self.connect(node)
         argv = [*self.base_argv(node), self.destination(node), command]
-        result = runmod.run(argv, input=input, timeout=timeout, check=False)
+        result = programs.run(argv, input=input, timeout=timeout, check=False)
         if result.returncode != 0:
             stop.check()  # ssh ended by a stop: not the node's failure
         if result.returncode == SSH_FAILED and not result.stdout:
@@ -182,11 +181,11 @@ class Ssh:
         """Start a streaming command on the node (bulk transfers); the caller waits."""
         self.connect(node)
         argv = [*self.base_argv(node), self.destination(node), command]
-        return runmod.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+        return programs.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
     def disconnect(self, node: Node) -> None:
         self._answering.discard(node.name)
-        runmod.run(
+        programs.run(
             [*self.base_argv(node), "-O", "exit", self.destination(node)], check=False
         )
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.build.plan import BuildPlan
 from fleetimg.buildkit import find_build_command
 from fleetimg.doctor import check_qemu_binfmt
@@ -106,7 +106,7 @@ def run_build(plan: BuildPlan, options: BuildOptions,
     tail: deque[str] = deque(maxlen=300)
     with tempfile.TemporaryDirectory(prefix="fleetimg-build-") as tmp:
         context = _stage_context(plan, options, Path(tmp))
-        proc = runmod.spawn(build_argv(plan, options, context, command.argv),
+        proc = programs.spawn(build_argv(plan, options, context, command.argv),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=command.env)
         assert proc.stdout is not None
@@ -135,7 +135,7 @@ def smoke_test(plan: BuildPlan, on_line: Callable[[str], None] = lambda s: None)
     if not plan.target.smoke:
         return "no smoke test"
     entry, *args = plan.target.smoke
-    result = runmod.run(["docker", "run", "--rm", "--platform", plan.platform,
+    result = programs.run(["docker", "run", "--rm", "--platform", plan.platform,
                          "--entrypoint", entry, plan.tags[0], *args], check=False, timeout=1800)
     for line in (result.stdout + result.stderr).splitlines():
         on_line(line)

@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetimg import labels
-from fleetimg import run as runmod
+from fleetimg import labels, programs
 from fleetimg.build.releases import ReleaseImages, images_for
 from fleetimg.build.targets import Target
 from fleetimg.errors import UsageError
@@ -63,7 +62,7 @@ def group_releases(releases: Sequence[tuple[Node | None, L4TRelease]]) -> list[R
 
 
 def _git(*args: str) -> str | None:
-    out = runmod.run(["git", *args], check=False, timeout=10)
+    out = programs.run(["git", *args], check=False, timeout=10)
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 

@@ -107,7 +107,7 @@ def down(name: str, directory: Path | None, purge: bool) -> None:
 def sdimage(output: Path, l4t: str, board: str | None, app_size: str, payload: str,
             booted: bool, bootable: bool) -> None:
     """Build a Jetson-like SD card image (GPT, APP partition 1 but last) for rehearsals."""
-    from fleetimg.sdcard.testimage import build_test_image
+    from fleetimg.lab.testimage import build_test_image
 
     release = L4TRelease.parse(l4t)
     board = board or ("generic" if release.major >= 36 else "t210ref")

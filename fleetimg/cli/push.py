@@ -18,6 +18,7 @@ from fleetimg.cli.render import (
     table,
 )
 from fleetimg.inventory import RelayAuth
+from fleetimg.localimage import docker_client
 from fleetimg.parallel import NodeOutcome
 from fleetimg.push.engine import (
     Delivery,
@@ -27,7 +28,6 @@ from fleetimg.push.engine import (
     execute_fleet_push,
     plan_fleet_push,
 )
-from fleetimg.push.localimage import docker_client
 from fleetimg.push.plan import Action, NodePlan
 from fleetimg.push.relay import NODE_KEY_PATH, Fanout, FanoutMode, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.buildkit import find_build_command
 from fleetimg.lab.nodeimage import debian_mirror
 from fleetimg.paths import state_dir
@@ -27,7 +27,7 @@ MINIMAL_BASE = "fleetimg/arm64-base:bookworm-minimal"
 
 def _build(context: Path, tag: str) -> None:
     build = find_build_command()
-    runmod.run([*build.argv, "--platform", "linux/arm64", "-t", tag, str(context)],
+    programs.run([*build.argv, "--platform", "linux/arm64", "-t", tag, str(context)],
                env=build.env)
 
 
@@ -37,14 +37,14 @@ def ensure_minimal_base(client: docker.DockerClient) -> str:
         return MINIMAL_BASE
     except ImageNotFound:
         pass
-    runmod.require_tool("debootstrap")
+    programs.require_tool("debootstrap")
     work_root = state_dir() / "build"
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="arm64-base-", dir=work_root))
     try:
-        runmod.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign",
+        programs.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign",
                     "bookworm", str(work / "root"), debian_mirror()])
-        runmod.run(["tar", "-C", str(work / "root"), "-cf", str(work / "rootfs.tar"), "."])
+        programs.run(["tar", "-C", str(work / "root"), "-cf", str(work / "rootfs.tar"), "."])
         shutil.rmtree(work / "root")
         (work / "Dockerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["/bin/sh"]\n')
         _build(work, MINIMAL_BASE)

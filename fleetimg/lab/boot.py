@@ -25,8 +25,7 @@ from pathlib import Path
 import docker
 from docker.errors import NotFound
 
-from fleetimg import knownhosts
-from fleetimg import run as runmod
+from fleetimg import knownhosts, programs
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.paths import state_dir
@@ -138,7 +137,7 @@ def _forget_host_key(fleet: Fleet, node: Node) -> None:
 def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not runmod.pid_alive(pid):
+        if not programs.pid_alive(pid):
             return False
         with contextlib.suppress(OSError), \
                 socket.create_connection((address, 22), timeout=2) as sock:
@@ -166,7 +165,7 @@ def _card_node(fleet: Fleet, card: Path, offset: int) -> tuple[Node, str]:
                        f"{fleet.name}", hint="write the card with fleetimg sdcard --node NAME "
                        "from this lab's fleet.toml") from None
     for other in booted_cards():
-        if other.name == node.name and runmod.pid_alive(other.pid):
+        if other.name == node.name and programs.pid_alive(other.pid):
             raise LabError(f"{node.name} is already booted from {other.card}",
                            hint=f"fleetimg lab boot --stop {node.name}")
     return node, interface
@@ -175,19 +174,19 @@ def _card_node(fleet: Fleet, card: Path, offset: int) -> tuple[Node, str]:
 def _plug_in(netns: str, host_end: str, inner: str, interface: str, bridge: str) -> None:
     """A veth pair from the lab's bridge into the card's network namespace, named inside
     as the card's keyfile expects (eth0, or enP8p1s0 on an Orin Nano)."""
-    runmod.run(["ip", "netns", "add", netns])
-    runmod.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner])
-    runmod.run(["ip", "link", "set", inner, "netns", netns])
-    runmod.run(["ip", "-n", netns, "link", "set", inner, "name", interface])
-    runmod.run(["ip", "-n", netns, "link", "set", "lo", "up"])
-    runmod.run(["ip", "link", "set", host_end, "master", bridge])
-    runmod.run(["ip", "link", "set", host_end, "up"])
+    programs.run(["ip", "netns", "add", netns])
+    programs.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner])
+    programs.run(["ip", "link", "set", inner, "netns", netns])
+    programs.run(["ip", "-n", netns, "link", "set", inner, "name", interface])
+    programs.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    programs.run(["ip", "link", "set", host_end, "master", bridge])
+    programs.run(["ip", "link", "set", host_end, "up"])
 
 
 def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_TIMEOUT,
               on_step: Callable[[str], None] = lambda s: None) -> BootedCard:
     """Boot `card` on the lab's network; return once it answers SSH at its address."""
-    runmod.require_tool("systemd-nspawn")
+    programs.require_tool("systemd-nspawn")
     if not card.is_file():
         raise LabError(f"{card}: no such card image",
                        hint="write one: fleetimg sdcard --node NODE --image BOOTABLE.img CARD")
@@ -203,13 +202,13 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
     mountpoint = workdir / "root"
     mountpoint.mkdir(exist_ok=True)
     netns, host_end, inner = f"fleetimg-{lab_name}-{node.name}", f"fb{tag}h", f"fb{tag}c"
-    loop = runmod.run(["losetup", "-f", "--show", "-o", str(offset), "--sizelimit",
+    loop = programs.run(["losetup", "-f", "--show", "-o", str(offset), "--sizelimit",
                        str(size), str(card)]).stdout.strip()
     state = BootedCard(node.name, lab_name, str(card), node.address, 0, loop,
                        str(mountpoint), netns, host_end, str(workdir / "console.log"))
     state_path.write_text(json.dumps(asdict(state)))
     try:
-        runmod.run(["mount", loop, str(mountpoint)])
+        programs.run(["mount", loop, str(mountpoint)])
         _forget_host_key(fleet, node)
         _plug_in(netns, host_end, inner, interface, _bridge(f"fleetimg-{lab_name}"))
         on_step(f"booting {card} as {node.name} ({node.address}) with systemd-nspawn")
@@ -217,7 +216,7 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
             # CAP_NET_ADMIN: NetworkManager on the card brings its own interface up. The
             # keyring calls: runc (the card's Docker starting a container) makes a session
             # keyring, which nspawn's default seccomp filter refuses.
-            proc = runmod.spawn(
+            proc = programs.spawn(
                 ["sh", "-c", _REBOOT_LOOP, "fleetimg-lab-boot",
                  "systemd-nspawn", "-D", str(mountpoint), "--boot", "--register=no",
                  "--keep-unit", f"--machine={node.name}",
@@ -252,19 +251,19 @@ def stop_card(name: str) -> bool:
     except (ValueError, TypeError):
         path.unlink()
         return False
-    if state.pid and runmod.pid_alive(state.pid):
+    if state.pid and programs.pid_alive(state.pid):
         # nspawn turns SIGTERM into a clean shutdown of the card's systemd.
         os.kill(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while runmod.pid_alive(state.pid) and time.monotonic() < deadline:
+        while programs.pid_alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if runmod.pid_alive(state.pid):
+        if programs.pid_alive(state.pid):
             # The reboot loop and nspawn share its process group (a session of their own).
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(state.pid, signal.SIGKILL)
-    runmod.run(["umount", state.mountpoint], check=False)
-    runmod.run(["losetup", "-d", state.loop], check=False)
-    runmod.run(["ip", "link", "del", state.veth], check=False)
-    runmod.run(["ip", "netns", "del", state.netns], check=False)
+    programs.run(["umount", state.mountpoint], check=False)
+    programs.run(["losetup", "-d", state.loop], check=False)
+    programs.run(["ip", "link", "del", state.veth], check=False)
+    programs.run(["ip", "netns", "del", state.netns], check=False)
     path.unlink(missing_ok=True)
     return True

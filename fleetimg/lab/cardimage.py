@@ -1,6 +1,6 @@
 """The lab's bootable card: a JetPack-shaped SD card image whose APP really boots.
 
-The GPT layout is the Jetson-like test image's (`sdcard/testimage.py`); APP holds Debian
+The GPT layout is the Jetson-like test image's (`lab/testimage.py`); APP holds Debian
 bookworm amd64 from Debian's mirror (systemd, NetworkManager, openssh-server, sudo,
 docker.io) with JetPack's first-boot machinery as stand-ins (`jetpack_standins.py`).
 `fleetimg sdcard` personalises it like NVIDIA's image and `fleetimg lab boot` boots it.
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import docker
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import LabError
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.lab import jetpack_standins as standins
 from fleetimg.lab.nodeimage import SUITE, ensure_root_image
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.paths import state_dir
-from fleetimg.sdcard.testimage import build_test_image
 
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "libpam-systemd", "network-manager",
@@ -57,7 +57,7 @@ def ensure_card_rootfs(client: docker.DockerClient,
 
 def _configure(root: Path) -> None:
     for group in JETSON_GROUPS:
-        runmod.run(["chroot", str(root), "groupadd", "-f", "-r", group])
+        programs.run(["chroot", str(root), "groupadd", "-f", "-r", group])
     _write(root, standins.FILES)
     for link, target in standins.SYMLINKS:
         path = root / link.lstrip("/")
@@ -86,18 +86,18 @@ def _default_name(root: Path) -> None:
 
 
 def _export(tag: str, into: Path) -> None:
-    container = runmod.run(["docker", "create", tag, "/bin/true"]).stdout.strip()
+    container = programs.run(["docker", "create", tag, "/bin/true"]).stdout.strip()
     try:
-        export = runmod.spawn(["docker", "export", container], stderr=None)
+        export = programs.spawn(["docker", "export", container], stderr=None)
         assert export.stdout is not None
-        untar = runmod.spawn(["tar", "--numeric-owner", "-x", "-C", str(into)],
+        untar = programs.spawn(["tar", "--numeric-owner", "-x", "-C", str(into)],
                              stdin=export.stdout)
         export.stdout.close()
         _, err = untar.communicate()
         if export.wait() != 0 or untar.returncode != 0:
             raise LabError(f"unpacking {tag} failed: {err.decode(errors='replace').strip()}")
     finally:
-        runmod.run(["docker", "rm", "-f", container], check=False)
+        programs.run(["docker", "rm", "-f", container], check=False)
     # Docker's own traces in an exported container.
     (into / ".dockerenv").unlink(missing_ok=True)
 

@@ -23,8 +23,7 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
-from fleetimg import private
-from fleetimg import run as runmod
+from fleetimg import private, programs
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import INTERNAL_KEY_NAME, MODULES, Fleet, Node, load
@@ -362,7 +361,7 @@ def _wait_ready(fleet: Fleet, revive: Callable[[Node], None], *, only: set[str],
 
 def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -> Fleet:
     _validate(config)
-    runmod.require_tool("ssh-keygen")
+    programs.require_tool("ssh-keygen")
     client = _client()
     image = ensure_node_image(client, on_step)
     _write_files(config)

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import LabError
 from fleetimg.paths import state_dir
 
@@ -77,14 +77,14 @@ def ensure_root_image(
             f"building {what} needs root (debootstrap and chroot)",
             hint="run the command once with sudo; later runs reuse the image",
         )
-    runmod.require_tool("debootstrap")
+    programs.require_tool("debootstrap")
     work = state_dir() / "build"
     work.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="lab-root-", dir=work))
     try:
         on_step(f"debootstrap {SUITE} (amd64) for {what} from {debian_mirror()}: a minute "
                 "or two, once")
-        runmod.run(
+        programs.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
              SUITE, str(root), debian_mirror()], timeout=1800,
             hint="check that Debian's package mirror is reachable "
@@ -102,10 +102,10 @@ def ensure_root_image(
 
 
 def _configure_root(root: Path) -> None:
-    runmod.run(["chroot", str(root), "useradd", "-m", "-s", "/bin/bash",
+    programs.run(["chroot", str(root), "useradd", "-m", "-s", "/bin/bash",
                 "-G", "sudo,docker", LAB_USER])
     # '*' rather than useradd's '!': sshd refuses even key logins to a locked account.
-    runmod.run(["chroot", str(root), "usermod", "-p", "*", LAB_USER])
+    programs.run(["chroot", str(root), "usermod", "-p", "*", LAB_USER])
     sudoers = root / "etc/sudoers.d" / LAB_USER
     sudoers.write_text(f"{LAB_USER} ALL=(ALL) NOPASSWD:ALL\n")
     sudoers.chmod(0o440)
@@ -122,12 +122,12 @@ def _configure_root(root: Path) -> None:
 
 
 def _import_root(root: Path, tag: str, changes: Sequence[str]) -> None:
-    tar = runmod.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
+    tar = programs.spawn(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stderr=None)
     assert tar.stdout is not None
     argv = ["docker", "import"]
     for change in changes:
         argv += ["-c", change]
-    importer = runmod.spawn([*argv, "-", tag], stdin=tar.stdout)
+    importer = programs.spawn([*argv, "-", tag], stdin=tar.stdout)
     tar.stdout.close()
     _, err = importer.communicate()
     if tar.wait() != 0 or importer.returncode != 0:

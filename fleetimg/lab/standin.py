@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.buildkit import find_build_command
 from fleetimg.lab.nodeimage import debian_mirror
 from fleetimg.paths import state_dir
@@ -97,7 +97,7 @@ def _debootstrap_image(tag: str, arch: str, packages: Sequence[str], label: str,
                        on_step: Callable[[str], None]) -> None:
     """A minimal Debian 12 root filesystem for `arch` as image `tag`. A foreign one (arm64
     here) runs debootstrap's second stage under QEMU (minutes); this machine's, natively."""
-    runmod.require_tool("debootstrap")
+    programs.require_tool("debootstrap")
     root_dir = state_dir() / "build"
     root_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="standin-", dir=root_dir))
@@ -105,27 +105,27 @@ def _debootstrap_image(tag: str, arch: str, packages: Sequence[str], label: str,
     foreign = arch != _native_arch()
     try:
         on_step(f"debootstrap bookworm {arch}" + (", first stage" if foreign else ""))
-        runmod.run(["debootstrap", f"--arch={arch}", "--variant=minbase",
+        programs.run(["debootstrap", f"--arch={arch}", "--variant=minbase",
                     *(["--foreign"] if foreign else []),
                     f"--include={','.join(packages)}", "bookworm", str(root),
                     debian_mirror()], timeout=3600)
         if foreign:
             on_step("second stage under QEMU (a few minutes)")
-            runmod.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
+            programs.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
                        timeout=3600)
         shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
         (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
         for deb in (root / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
         on_step(f"packing the root filesystem as {tag}")
-        runmod.run(["tar", "--numeric-owner", "-C", str(root), "-cf",
+        programs.run(["tar", "--numeric-owner", "-C", str(root), "-cf",
                     str(work / "rootfs.tar"), "."])
         shutil.rmtree(root)
         (work / "Dockerfile").write_text(
             f"FROM scratch\nADD rootfs.tar /\nLABEL io.fleetimg.standin={label}\n"
             'CMD ["/bin/bash"]\n')
         build = find_build_command()
-        runmod.run([*build.argv, "--platform", f"linux/{arch}", "-t", tag, str(work)],
+        programs.run([*build.argv, "--platform", f"linux/{arch}", "-t", tag, str(work)],
                    env=build.env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -159,6 +159,6 @@ def build_on(base: str, tag: str, dockerfile: str, extra: list[str] | None = Non
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "Dockerfile").write_text(dockerfile)
         build = find_build_command()
-        runmod.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
+        programs.run([*build.argv, "--platform", "linux/arm64", "--build-arg",
                     f"BASE_IMAGE={base}", *(extra or []), "-t", tag, tmp],
                    env=build.env, timeout=timeout)

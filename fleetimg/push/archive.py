@@ -18,8 +18,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from fleetimg import newfile
-from fleetimg import run as runmod
+from fleetimg import newfile, programs
 from fleetimg.errors import PushError
 from fleetimg.paths import state_dir
 
@@ -75,7 +74,7 @@ def remember_manifest(diff_ids: tuple[str, ...], manifest: list[dict[str, Any]])
 
 
 def _read_manifest(image_id: str) -> list[dict[str, Any]]:
-    proc = runmod.spawn(["docker", "save", image_id], stderr=None)
+    proc = programs.spawn(["docker", "save", image_id], stderr=None)
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|", bufsize=BUFSIZE) as tar:

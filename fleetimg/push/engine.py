@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 import docker
 
-from fleetimg import remote, stop
-from fleetimg import run as runmod
+from fleetimg import programs, remote, stop
 from fleetimg.errors import ConnectionFailed, FleetimgError
 from fleetimg.inventory import Node, RelayAuth, Runtime
+from fleetimg.localimage import LocalImage, assign_images
 from fleetimg.parallel import NodeOutcome, for_each_node
-from fleetimg.push.localimage import LocalImage, assign_images
 from fleetimg.push.plan import CODECS, Action, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
@@ -163,7 +162,7 @@ def execute_fleet_push(ssh: Ssh, plan: FleetPlan, options: PushOptions,
 
 
 def local_tools() -> set[str]:
-    return {t for t in ("zstd", "pigz", "gzip") if runmod.find_tool(t)}
+    return {t for t in ("zstd", "pigz", "gzip") if programs.find_tool(t)}
 
 
 def preflight(ssh: Ssh, nodes: Sequence[Node], image: LocalImage,

@@ -10,10 +10,10 @@ from fleetimg import remote
 from fleetimg.errors import PushError
 from fleetimg.inventory import Node, Runtime
 from fleetimg.l4t import host_runs_image
+from fleetimg.localimage import LocalImage
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.probe import NodeProbe, probe_node
 from fleetimg.push.archive import chain_ids
-from fleetimg.push.localimage import LocalImage
 from fleetimg.remote import sh
 from fleetimg.ssh import Ssh
 from fleetimg.units import human_bytes

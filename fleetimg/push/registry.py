@@ -25,13 +25,12 @@ from string import Template
 import bcrypt
 import requests
 
-from fleetimg import newfile, stop
-from fleetimg import run as runmod
+from fleetimg import newfile, programs, stop
 from fleetimg.errors import PushError, UsageError
 from fleetimg.inventory import Fleet, Node, Runtime
+from fleetimg.localimage import LocalImage
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.paths import state_dir
-from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import NodePlan
 from fleetimg.remote import ID_FORMAT, docker, sh
 from fleetimg.ssh import Ssh
@@ -111,7 +110,7 @@ def _auth_block(enabled: bool) -> str:
 
 def address_towards(node: Node) -> str:
     """The workstation's source address for traffic to a node (`ip route get`)."""
-    out = runmod.run(["ip", "-o", "route", "get", node.address]).stdout
+    out = programs.run(["ip", "-o", "route", "get", node.address]).stdout
     m = re.search(r"\bsrc (\S+)", out)
     if m is None:
         raise PushError(f"no route to {node.name} ({node.address})")
@@ -156,7 +155,7 @@ def _start(binary: str, role: str, addr: str, root: Path, *, readonly: bool,
         rootdirectory=root, addr=addr, role=role, readonly="true" if readonly else "false",
         auth=_auth_block(auth)))
     with (_dir() / f"registry-{role}.log").open("ab") as log:
-        proc = runmod.spawn([binary, "serve", str(config)], stdout=log, stderr=log,
+        proc = programs.spawn([binary, "serve", str(config)], stdout=log, stderr=log,
                             detach=True)
     deadline = time.monotonic() + 20
     while not _healthy(f"http://{addr}"):
@@ -175,12 +174,13 @@ def registry_up(fleet: Fleet, *, auth: bool = False) -> RegistryInfo:
     `--on master` and refused; it is not offered until it exists)."""
     host = fleet_address(fleet)
     current = read_info()
-    if (current and current.host == host and current.auth == auth and runmod.pid_alive(current.pid)
-            and runmod.pid_alive(current.upload_pid) and _healthy(current.url)
+    if (current and current.host == host and current.auth == auth
+            and programs.pid_alive(current.pid) and programs.pid_alive(current.upload_pid)
+            and _healthy(current.url)
             and _healthy(f"http://{current.upload_endpoint}")):
         return current
     registry_down()  # a half-running or moved registry is restarted whole
-    binary = runmod.require_tool("docker-registry")
+    binary = programs.require_tool("docker-registry")
     root = _dir() / "storage"
     root.mkdir(parents=True, exist_ok=True)
     upload_pid = _start(binary, "upload", f"127.0.0.1:{UPLOAD_PORT}", root, readonly=False)
@@ -199,7 +199,7 @@ def registry_up(fleet: Fleet, *, auth: bool = False) -> RegistryInfo:
 
 
 def _stop(pid: int | None) -> None:
-    if runmod.pid_alive(pid):
+    if programs.pid_alive(pid):
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
 
@@ -382,12 +382,12 @@ def registry_ref(image: LocalImage, host: str) -> str:
 
 def push_to_registry(image: LocalImage, info: RegistryInfo) -> str:
     local_ref = registry_ref(image, info.upload_endpoint)
-    runmod.run(["docker", "tag", image.id, local_ref])
+    programs.run(["docker", "tag", image.id, local_ref])
     try:
-        runmod.run(["docker", "push", local_ref], timeout=3600)
+        programs.run(["docker", "push", local_ref], timeout=3600)
     finally:
         with stop.cleanup():  # the extra local name goes even after Ctrl-C
-            runmod.run(["docker", "rmi", local_ref], check=False, timeout=30)
+            programs.run(["docker", "rmi", local_ref], check=False, timeout=30)
     return registry_ref(image, info.endpoint)
 
 

@@ -23,8 +23,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from fleetimg import knownhosts
-from fleetimg import run as runmod
+from fleetimg import knownhosts, programs
 from fleetimg.errors import FleetimgError, UsageError
 from fleetimg.inventory import Node, RelayAuth
 from fleetimg.parallel import for_each_node
@@ -327,6 +326,6 @@ def require_agent() -> None:
         raise UsageError("--relay-auth agent but no ssh-agent is running (SSH_AUTH_SOCK unset)",
                          hint="eval $(ssh-agent) && ssh-add KEY, or use --relay-auth "
                          "internal-key")
-    if runmod.run(["ssh-add", "-l"], check=False).returncode != 0:
+    if programs.run(["ssh-add", "-l"], check=False).returncode != 0:
         raise UsageError("--relay-auth agent but the ssh-agent holds no key",
                          hint="ssh-add the key the boards accept")

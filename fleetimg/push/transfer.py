@@ -20,13 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from fleetimg import remote, stop
-from fleetimg import run as runmod
+from fleetimg import programs, remote, stop
 from fleetimg.errors import FleetimgError, PushError
 from fleetimg.inventory import Runtime
+from fleetimg.localimage import LocalImage
 from fleetimg.push.archive import filter_save_stream, skipped_members
 from fleetimg.push.layerstore import open_store, write_archive
-from fleetimg.push.localimage import LocalImage
 from fleetimg.push.plan import (
     K3S_IMPORT,
     K3S_LIST,
@@ -128,7 +127,7 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
             progress(n)
 
     produce, save = archive_source(image, skip_layers, repo_tag, counted)
-    comp = runmod.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
+    comp = programs.spawn(list(plan.codec.compress), stdin=subprocess.PIPE, stderr=None)
     remote = ssh.spawn(plan.node, remote_cmd, stdin=subprocess.PIPE, stdout=remote_out,
                        stderr=remote_out)
     comp_in, comp_out, remote_in = comp.stdin, comp.stdout, remote.stdin
@@ -277,7 +276,7 @@ def archive_source(image: LocalImage, skip_layers: int, repo_tag: str,
                                  progress)
         return from_store, None
     skip = skipped_members(image.id, image.diff_ids, skip_layers)
-    save = runmod.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
+    save = programs.spawn(["docker", "save", image.id], stderr=subprocess.DEVNULL)
     assert save.stdout is not None
     src = _Counting(save.stdout)
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetimg.inventory import Node
+from fleetimg.localimage import LocalImage, docker_client, resolve_image
 from fleetimg.parallel import NodeOutcome
 from fleetimg.push import registry as reg
 from fleetimg.push.engine import PushOptions, preflight
-from fleetimg.push.localimage import LocalImage, docker_client, resolve_image
 from fleetimg.push.plan import Action, NodePlan
 from fleetimg.ssh import Ssh
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import DiskError
 from fleetimg.nodestate.spec import (
     SAFE_PATH,
@@ -79,7 +79,7 @@ class Ext4:
 
     def _debugfs(self, request: str, *, write: bool = False) -> tuple[str, list[str]]:
         argv = ["debugfs", *(["-w"] if write else []), "-R", request, self.spec]
-        result = runmod.run(argv, check=False)
+        result = programs.run(argv, check=False)
         errors = [ln for ln in result.stderr.splitlines() if ln.strip() and not _BANNER.match(ln)]
         if result.returncode != 0:
             raise DiskError(f"debugfs failed on {self.spec}: {' / '.join(errors[-2:])}")
@@ -98,7 +98,7 @@ class Ext4:
         if self.stat(path) is None:
             return None
         argv = ["debugfs", "-R", f'cat "{check_path(path)}"', self.spec]
-        result = runmod.run(argv, check=False)
+        result = programs.run(argv, check=False)
         return result.stdout.encode("utf-8", errors="surrogateescape")
 
     def read_text(self, path: str) -> str | None:
@@ -173,7 +173,7 @@ class Ext4:
                 return
             script = Path(tmp) / "commands"
             script.write_text("\n".join(commands) + "\n")
-            result = runmod.run(["debugfs", "-w", "-f", str(script), self.spec], check=False)
+            result = programs.run(["debugfs", "-w", "-f", str(script), self.spec], check=False)
         errors = [ln for ln in result.stderr.splitlines() if ln.strip() and not _BANNER.match(ln)]
         if result.returncode != 0 or errors:
             raise DiskError(
@@ -189,7 +189,7 @@ class Ext4:
 
     def allocated_ranges(self) -> list[tuple[int, int]]:
         """Byte ranges (relative to the filesystem start) that hold allocated blocks."""
-        result = runmod.run(["dumpe2fs", self.spec])
+        result = programs.run(["dumpe2fs", self.spec])
         block, first, count, free = parse_free_blocks(result.stdout)
         ranges: list[tuple[int, int]] = []
         pos = 0
@@ -204,7 +204,7 @@ class Ext4:
 
     def fsck(self) -> None:
         """`e2fsck -fn`: read-only full check; raises with its findings if not clean."""
-        result = runmod.run(["e2fsck", "-fn", self.spec], check=False)
+        result = programs.run(["e2fsck", "-fn", self.spec], check=False)
         if result.returncode != 0:
             lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
             raise DiskError(

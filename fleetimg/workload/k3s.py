@@ -31,8 +31,8 @@ from typing import Any
 from fleetimg import remote
 from fleetimg.errors import FleetimgError, RunError, UsageError
 from fleetimg.inventory import Node
+from fleetimg.localimage import assign_images, docker_client
 from fleetimg.parallel import NodeOutcome, for_each_node
-from fleetimg.push.localimage import assign_images, docker_client
 from fleetimg.ssh import Ssh
 from fleetimg.workload.batch import worker_inputs
 

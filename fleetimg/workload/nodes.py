@@ -13,9 +13,9 @@ from enum import Enum
 from fleetimg import remote
 from fleetimg.errors import FleetimgError, RunError
 from fleetimg.inventory import Node
+from fleetimg.localimage import LocalImage, assign_images, docker_client
 from fleetimg.parallel import NodeOutcome, for_each_node
 from fleetimg.probe import NodeProbe, probe_node
-from fleetimg.push.localimage import LocalImage, assign_images, docker_client
 from fleetimg.ssh import Ssh
 
 RUN_LABEL = "io.fleetimg.run"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.inventory import Fleet, load
 from fleetimg.lab.boot import boot_card, stop_card
 from fleetimg.lab.manager import LabConfig
@@ -120,11 +120,11 @@ def test_an_address_this_machine_cannot_reach_is_rolled_back_by_the_board(
     away = variant(fleet, "fleet-away.toml", f'"{old}"', f'"{new}"')
     # This machine drops everything to the new address: as if the board went to a subnet
     # or VLAN the workstation has no route to.
-    runmod.run(["ip", "route", "add", "blackhole", f"{new}/32"])
+    programs.run(["ip", "route", "add", "blackhole", f"{new}/32"])
     try:
         code, done = apply(away, "--to", "node2", "--yes")
     finally:
-        runmod.run(["ip", "route", "del", "blackhole", f"{new}/32"], check=False)
+        programs.run(["ip", "route", "del", "blackhole", f"{new}/32"], check=False)
     assert code == 1
     node2 = by_name(done)["node2"]
     assert not node2["ok"] and "rolled back by itself" in node2["error"]
@@ -182,7 +182,7 @@ def test_keys_added_and_removed_in_the_inventory_reach_every_node(lab_fleet: Fle
                                                                   tmp_path: Path) -> None:
     fleet = lab_fleet
     extra = tmp_path / "extra_ed25519"
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "extra", "-f", str(extra)])
+    programs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "extra", "-f", str(extra)])
     lab_key = fleet.base_dir / "id_ed25519.pub"
     with_extra = variant(fleet, "fleet-keys.toml", "[sdcard]\n",
                          f'[sdcard]\nauthorized_keys = ["{lab_key}", "{extra}.pub"]\n')

@@ -15,13 +15,13 @@ from pathlib import Path
 import docker
 import pytest
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import ConnectionFailed
 from fleetimg.inventory import Fleet, load
 from fleetimg.lab.boot import boot_card, booted_cards, stop_card
 from fleetimg.lab.manager import LabConfig
+from fleetimg.lab.testimage import APP_START
 from fleetimg.sdcard.ext4 import Ext4
-from fleetimg.sdcard.testimage import APP_START
 from tests.integration.cards import on, probe_one, sdcard, ssh_to, write_card
 from tests.integration.conftest import fleetimg_json
 from tests.integration.images import build_app_image
@@ -108,7 +108,7 @@ def test_the_login_key_on_the_card_is_what_grants_access(
     config, fleet = cards_lab
     # Same fleet, but [sdcard] authorizes another key than the lab's.
     other = tmp_path / "other_ed25519"
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
+    programs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
     inv = fleet.base_dir / "fleet-otherkey.toml"
     text = fleet.path.read_text() if fleet.path else ""
     inv.write_text(text.replace("[sdcard]\n", f'[sdcard]\nauthorized_keys = ["{other}.pub"]\n'))

@@ -11,7 +11,7 @@ import docker
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.inventory import Fleet
 from fleetimg.lab.manager import CONTAINER_OPTIONS, LabConfig
 from fleetimg.lab.nodeimage import node_image_tag
@@ -60,7 +60,7 @@ def wait_for_port(address: str, port: int, timeout: float = 60) -> None:
 def host_key_files(tmp_path: Path, name: str, lab_fleet: Fleet) -> Path:
     files = tmp_path / name
     files.mkdir()
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+    programs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                 str(files / "ssh_host_ed25519_key")])
     assert lab_fleet.path is not None
     shutil.copy(lab_fleet.path.parent / "id_ed25519.pub", files / "authorized_keys")

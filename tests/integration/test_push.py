@@ -23,8 +23,8 @@ import requests
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet, load
 from fleetimg.lab.manager import LabConfig
+from fleetimg.localimage import resolve_image
 from fleetimg.push.engine import PushOptions, execute, preflight
-from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
 from fleetimg.push.registry import MANIFEST_TYPES
 from fleetimg.ssh import Ssh

@@ -20,8 +20,8 @@ from docker.models.containers import Container
 from fleetimg.errors import FleetimgError
 from fleetimg.inventory import Fleet, RelayAuth
 from fleetimg.lab.manager import LabConfig
+from fleetimg.localimage import resolve_image
 from fleetimg.push.engine import PushOptions, execute, preflight
-from fleetimg.push.localimage import resolve_image
 from fleetimg.push.plan import NodePlan
 from fleetimg.push.relay import Fanout
 from fleetimg.push.transfer import Progress

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.inventory import Fleet
+from fleetimg.lab.testimage import APP_START
 from fleetimg.sdcard.ext4 import Ext4
-from fleetimg.sdcard.testimage import APP_START
 from fleetimg.sdcard.writer import plan_write
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ class Loops:
             fh.seek(size // 2)
             fh.write(b"old card content")
         argv = ["losetup", "-f", "--show", *(["-r"] if read_only else []), str(backing)]
-        dev = runmod.run(argv).stdout.strip()
+        dev = programs.run(argv).stdout.strip()
         self.devices.append(dev)
         return Path(dev), backing
 
@@ -117,17 +117,17 @@ def test_mounted_device_refused(
     loops: Loops, make_fleet: Callable[..., Fleet], jetson_image: Path, tmp_path: Path
 ) -> None:
     dev, backing = loops.attach(512 << 20)
-    runmod.run(["mke2fs", "-q", "-t", "ext4", str(dev)])
+    programs.run(["mke2fs", "-q", "-t", "ext4", str(dev)])
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     # Read-only, so the filesystem itself never changes the device during the test.
-    runmod.run(["mount", "-o", "ro", str(dev), str(mnt)])
+    programs.run(["mount", "-o", "ro", str(dev), str(mnt)])
     loops.mounts.append(mnt)
     before = digest(backing)
     proc = sdcard(make_fleet(), "--node", "node1", "--image", str(jetson_image), str(dev),
                   "--yes", "--allow-non-removable")
     assert_refused(proc, f"is mounted at {mnt}")
-    runmod.run(["umount", str(mnt)])
+    programs.run(["umount", str(mnt)])
     loops.mounts.remove(mnt)
     assert digest(backing) == before
 
@@ -136,8 +136,8 @@ def test_partition_path_refused(
     loops: Loops, make_fleet: Callable[..., Fleet], jetson_image: Path, tmp_path: Path
 ) -> None:
     dev, backing = loops.attach(512 << 20)
-    runmod.run(["dd", f"if={jetson_image}", f"of={dev}", "bs=4M", "conv=fsync", "status=none"])
-    runmod.run(["partx", "-a", str(dev)], check=False)
+    programs.run(["dd", f"if={jetson_image}", f"of={dev}", "bs=4M", "conv=fsync", "status=none"])
+    programs.run(["partx", "-a", str(dev)], check=False)
     sys_part = Path(f"/sys/class/block/{dev.name}p1")
     assert sys_part.exists()
     major, minor = (int(x) for x in (sys_part / "dev").read_text().split(":"))
@@ -147,7 +147,7 @@ def test_partition_path_refused(
     proc = sdcard(make_fleet(), "--node", "node1", "--image", str(jetson_image), str(node),
                   "--yes", "--allow-non-removable")
     assert_refused(proc, f"is a partition of /dev/{dev.name}")
-    runmod.run(["partx", "-d", str(dev)], check=False)
+    programs.run(["partx", "-d", str(dev)], check=False)
     assert digest(backing) == before
 
 
@@ -218,7 +218,7 @@ def test_loop_device_backed_by_the_source_is_refused(
     source = tmp_path / "source.img"
     source.write_bytes(jetson_image.read_bytes())
     before = digest(source)
-    dev = Path(runmod.run(["losetup", "-f", "--show", str(source)]).stdout.strip())
+    dev = Path(programs.run(["losetup", "-f", "--show", str(source)]).stdout.strip())
     loops.devices.append(str(dev))
     proc = sdcard(make_fleet(), "--node", "node1", "--image", str(source), str(dev), "--yes",
                   "--allow-non-removable")

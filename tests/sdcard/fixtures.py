@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fleetimg import inventory
-from fleetimg import run as runmod
+from fleetimg import inventory, programs
 from fleetimg.inventory import Fleet
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.gpt import read_table_file
-from fleetimg.sdcard.testimage import build_test_image
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +39,7 @@ def large_image(images: Path) -> Path:
 @pytest.fixture
 def make_fleet(tmp_path: Path) -> Callable[..., Fleet]:
     """An inventory in tmp_path with a real key pair; extra TOML goes into [sdcard]."""
-    runmod.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id_fleet")])
+    programs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id_fleet")])
 
     def make(sdcard: str = "", runtime: str = "docker", key: bool = True) -> Fleet:
         text = inventory.starter_toml(nodes=3, subnet="192.168.10.0/24", runtime=runtime)

@@ -17,10 +17,10 @@ from fleetimg import inventory
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.jetpack_standins import NVPMODEL_ORIN_NANO, NVPMODEL_T210
+from fleetimg.lab.testimage import APP_START, build_test_image
 from fleetimg.nodestate.spec import FileSpec
 from fleetimg.sdcard.ext4 import Ext4
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
-from fleetimg.sdcard.testimage import APP_START, build_test_image
 from tests.sdcard.fixtures import app_fs, copy
 
 FIRSTBOOT = Path(__file__).parents[2] / "overlays" / "fleetimg-firstboot.sh"

@@ -18,9 +18,9 @@ from fleetimg import inventory, newfile, private
 from fleetimg.errors import DiskError
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
 from fleetimg.sdcard.source import cache_dir
-from fleetimg.sdcard.testimage import build_test_image
 from tests.sdcard.test_hardening import cli, digest, one_line_error
 
 

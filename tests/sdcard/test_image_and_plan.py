@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from fleetimg.errors import DiskError
+from fleetimg.lab.testimage import APP_START, T210
 from fleetimg.sdcard.ext4 import parse_free_blocks, parse_stat
 from fleetimg.sdcard.gpt import read_table_file
 from fleetimg.sdcard.source import resolve_source
-from fleetimg.sdcard.testimage import APP_START, T210
 from fleetimg.sdcard.writer import merge, plan_write
 from tests.conftest import DATA
 

@@ -13,10 +13,10 @@ from fleetimg import inventory
 from fleetimg.errors import UsageError
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
+from fleetimg.lab.testimage import build_test_image
 from fleetimg.nodestate.spec import FileSpec
 from fleetimg.sdcard.flash import SdcardOptions, plan_card, prepare_source, write_card
 from fleetimg.sdcard.gpt import read_table_file
-from fleetimg.sdcard.testimage import build_test_image
 from tests.sdcard.fixtures import app_fs, copy
 
 

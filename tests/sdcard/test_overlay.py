@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.errors import ClonedImage, UsageError
 from fleetimg.inventory import Fleet
 from fleetimg.nodestate.model import KEYS_BEGIN, KEYS_END
@@ -53,8 +53,8 @@ def test_node_image_has_identity_network_and_user(
     # copy holds the same node.
     assert result.bmap == f"{out}.bmap" and Path(result.bmap).is_file()
     copy = tmp_path / "flashed.img"
-    runmod.run(["truncate", "-s", str(out.stat().st_size), str(copy)])
-    runmod.run(["bmaptool", "copy", "--bmap", result.bmap, str(out), str(copy)])
+    programs.run(["truncate", "-s", str(out.stat().st_size), str(copy)])
+    programs.run(["bmaptool", "copy", "--bmap", result.bmap, str(out), str(copy)])
     assert app_fs(copy).read_text("/etc/hostname") == "node2\n"
     app_fs(copy).fsck()
     hosts = fs.read_text("/etc/hosts") or ""
@@ -118,9 +118,9 @@ def test_oem_config_skipped_but_nvfirstboot_kept(
 def test_source_image_is_never_modified(
     make_fleet: Callable[..., Fleet], jetson_image: Path, tmp_path: Path
 ) -> None:
-    before = runmod.run(["sha256sum", str(jetson_image)]).stdout.split()[0]
+    before = programs.run(["sha256sum", str(jetson_image)]).stdout.split()[0]
     make_card(make_fleet(), "node3", jetson_image, tmp_path / "node3.img")
-    assert runmod.run(["sha256sum", str(jetson_image)]).stdout.split()[0] == before
+    assert programs.run(["sha256sum", str(jetson_image)]).stdout.split()[0] == before
 
 
 def test_cards_get_unique_network_uuids(
@@ -163,7 +163,7 @@ def test_k3s_worker_swap_off_and_internal_key(
 
 def test_password_and_swap_file(make_fleet: Callable[..., Fleet], jetson_image: Path,
                                 tmp_path: Path) -> None:
-    hashed = runmod.run(["openssl", "passwd", "-6", "-salt", "abcdefgh", "pw"]).stdout.strip()
+    hashed = programs.run(["openssl", "passwd", "-6", "-salt", "abcdefgh", "pw"]).stdout.strip()
     fleet = make_fleet(f'password_hash = "{hashed}"\nswap = "4G"\nheadless = false')
     out = tmp_path / "node1.img"
     make_card(fleet, "node1", jetson_image, out)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetimg import run as runmod
-from fleetimg import stop
+from fleetimg import programs, stop
 from fleetimg.inventory import parse
 from fleetimg.parallel import for_each_node
 from tests.terminal import from_terminal, in_background
@@ -32,7 +31,7 @@ def test_stop_ends_a_running_child_and_the_command_reports_interrupted() -> None
 
     def work() -> None:
         try:
-            runmod.run(["sleep", "30"])
+            programs.run(["sleep", "30"])
         except BaseException as exc:
             outcome.append(exc)
 
@@ -54,17 +53,17 @@ def test_stop_ends_a_running_child_and_the_command_reports_interrupted() -> None
 def test_nothing_new_starts_after_a_stop_except_cleanup() -> None:
     stop.request(signal.SIGINT)
     with pytest.raises(stop.Interrupted):
-        runmod.run(["true"])
+        programs.run(["true"])
     with pytest.raises(stop.Interrupted):
-        runmod.spawn(["true"])
+        programs.spawn(["true"])
     with stop.cleanup():
-        assert runmod.run(["echo", "undo"]).stdout == "undo\n"
+        assert programs.run(["echo", "undo"]).stdout == "undo\n"
     assert stop.exit_code() == 130
 
 
 def test_spawned_stream_is_ended_but_a_detached_service_is_not() -> None:
-    stream = runmod.spawn(["sleep", "30"])
-    service = runmod.spawn(["sleep", "30"], stdout=subprocess.DEVNULL, detach=True)
+    stream = programs.spawn(["sleep", "30"])
+    service = programs.spawn(["sleep", "30"], stdout=subprocess.DEVNULL, detach=True)
     try:
         stop.request()
         assert stream.wait(timeout=5) != 0
@@ -75,7 +74,7 @@ def test_spawned_stream_is_ended_but_a_detached_service_is_not() -> None:
 
 
 def test_child_that_ignores_sigterm_is_killed_after_the_grace() -> None:
-    stubborn = runmod.spawn(["sh", "-c", "trap '' TERM; echo ready; sleep 30"])
+    stubborn = programs.spawn(["sh", "-c", "trap '' TERM; echo ready; sleep 30"])
     assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
     stop.request()
     assert stubborn.wait(timeout=stop.KILL_GRACE_SECONDS + 5) == -signal.SIGKILL
@@ -85,11 +84,11 @@ def test_second_signal_exits_at_once() -> None:
     # A real process: the first SIGINT starts a stop whose cleanup hangs; the second ends it.
     script = (
         "import os, signal, sys, time\n"
-        "from fleetimg import stop, run\n"
+        "from fleetimg import programs, stop\n"
         "stop.install()\n"
         "try:\n"
         "    print('ready', flush=True)\n"
-        "    run.run(['sleep', '30'])\n"
+        "    programs.run(['sleep', '30'])\n"
         "except BaseException:\n"
         "    print('stopping', flush=True)\n"
         "    time.sleep(30)\n"
@@ -110,10 +109,10 @@ def test_workers_started_inside_cleanup_may_still_run_commands() -> None:
         {"name": f"node{i}", "address": f"10.0.0.{i}", "module": "nano-4gb"} for i in (1, 2)]},
         base_dir=Path("/tmp")).nodes
     stop.request()
-    outside = for_each_node(nodes, lambda n: runmod.run(["true"]).returncode)
+    outside = for_each_node(nodes, lambda n: programs.run(["true"]).returncode)
     assert all(isinstance(o.error, stop.Interrupted) for o in outside)
     with stop.cleanup():
-        inside = for_each_node(nodes, lambda n: runmod.run(["true"]).returncode)
+        inside = for_each_node(nodes, lambda n: programs.run(["true"]).returncode)
     assert [o.value for o in inside] == [0, 0]
 
 
@@ -177,12 +176,12 @@ def test_a_child_killed_by_the_terminals_ctrl_c_is_a_stop() -> None:
     # Ctrl-C signals the whole process group: a worker can see its child die of SIGINT
     # before fleetimg's own handler has run. That is the stop, not the node's failure.
     with pytest.raises(stop.Interrupted):
-        runmod.run(from_terminal(["sh", "-c", "kill -INT $$"]))
+        programs.run(from_terminal(["sh", "-c", "kill -INT $$"]))
     assert stop.requested() and stop.exit_code() == 130
     # A child that exits with an error of its own is still its own failure.
     stop.reset()
-    with pytest.raises(runmod.CommandError):
-        runmod.run(["sh", "-c", "exit 3"])
+    with pytest.raises(programs.CommandError):
+        programs.run(["sh", "-c", "exit 3"])
     assert not stop.requested()
 
 
@@ -191,11 +190,11 @@ def test_a_child_killed_by_the_terminals_ctrl_c_is_a_stop() -> None:
 # can end the child.
 _ONE_CHILD = """
 import sys, time
-from fleetimg import run, stop
+from fleetimg import programs, stop
 
 stop.install()
 try:
-    child = run.spawn(["sh", "-c", "echo $$ $(grep ^SigIgn: /proc/self/status); exec sleep 30"])
+    child = programs.spawn(["sh", "-c", "echo $$ $(grep ^SigIgn: /proc/self/status); exec sleep 30"])
     assert child.stdout is not None
     print(child.stdout.readline().decode().strip(), flush=True)
     while True:

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg import run as runmod
+from fleetimg import programs
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.sdcard.gpt import SECTOR
 
@@ -185,8 +185,8 @@ def build_test_image(
 
     `rootfs`: a prepared root filesystem directory for APP instead of the skeleton (the
     lab's bootable card)."""
-    runmod.require_tool("sgdisk")
-    runmod.require_tool("mke2fs")
+    programs.require_tool("sgdisk")
+    programs.require_tool("mke2fs")
     layout = layout_for(l4t)
     app_start = layout.app_start
     app_sectors = app_size // SECTOR
@@ -202,7 +202,7 @@ def build_test_image(
         args += ["-n", f"{i}:{start}:{start + sectors - 1}", "-c", f"{i}:{name}",
                  "-t", f"{i}:{code}"]
         start += sectors
-    runmod.run([*args, str(tmp_out)])
+    programs.run([*args, str(tmp_out)])
     start = 40
     for _name, sectors, code in layout.before_app:
         if code == ESP_TYPE:
@@ -227,7 +227,7 @@ def build_test_image(
 
 
 def _make_app(root: Path, image: Path, app_size: int, app_start: int) -> None:
-    runmod.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
+    programs.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP",
                 "-E", f"offset={app_start * SECTOR}", "-d", str(root), str(image),
                 str(app_size // 4096)])
 
@@ -235,11 +235,11 @@ def _make_app(root: Path, image: Path, app_size: int, app_start: int) -> None:
 def _make_esp(image: Path, start: int) -> None:
     """A FAT EFI system partition with the UEFI loader's path, as on an Orin card (mtools
     writes inside the image at an offset: no loop device, no root)."""
-    runmod.require_tool("mformat")
+    programs.require_tool("mformat")
     target = f"{image}@@{start * SECTOR}"
-    runmod.run(["mformat", "-i", target, "-T", str(ESP_SECTORS), "-v", "ESP", "::"])
+    programs.run(["mformat", "-i", target, "-T", str(ESP_SECTORS), "-v", "ESP", "::"])
     with tempfile.TemporaryDirectory() as tmp:
         loader = Path(tmp) / "BOOTAA64.efi"
         loader.write_bytes(b"MZ" + os.urandom(4094))  # a PE image starts with MZ
-        runmod.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"])
-        runmod.run(["mcopy", "-i", target, str(loader), "::/EFI/BOOT/BOOTAA64.efi"])
+        programs.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"])
+        programs.run(["mcopy", "-i", target, str(loader), "::/EFI/BOOT/BOOTAA64.efi"])

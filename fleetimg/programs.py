@@ -20,7 +20,7 @@ from typing import IO
 from fleetimg import stop
 from fleetimg.errors import CommandError, ToolMissing
 
-log = logging.getLogger("fleetimg.run")
+log = logging.getLogger("fleetimg.programs")
 
 # Debian package that provides each tool fleetimg may call, for the install hint.
 TOOL_PACKAGES: Mapping[str, str] = {
