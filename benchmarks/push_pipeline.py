@@ -36,9 +36,9 @@ from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.lab.nodeimage import ensure_node_image
 from fleetimg.localimage import resolve_image
 from fleetimg.push.layerstore import open_store, write_archive
-from fleetimg.push.plan import CODECS
+from fleetimg.push.plan import CODECS, CodecName
 
-ZSTD = " ".join(CODECS["zstd"].compress)
+ZSTD = " ".join(CODECS[CodecName.ZSTD].compress)
 
 
 def build(tag: str, base: str, mb: int, compressible: float) -> str:

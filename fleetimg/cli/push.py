@@ -28,9 +28,9 @@ from fleetimg.push.engine import (
     execute_fleet_push,
     plan_fleet_push,
 )
-from fleetimg.push.plan import Action, NodePlan
+from fleetimg.push.plan import Action, CodecName, NodePlan
 from fleetimg.push.relay import NODE_KEY_PATH, Fanout, FanoutMode, check_auth, require_agent
-from fleetimg.push.transfer import NodeResult, Progress
+from fleetimg.push.transfer import NodeResult, Progress, ResultAction
 
 
 @click.command()
@@ -41,7 +41,7 @@ from fleetimg.push.transfer import NodeResult, Progress
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Nodes sent to at once.")
 @click.option("--compress", "codec", default="auto", show_default=True,
-              type=click.Choice(["auto", "zstd", "pigz", "gzip", "none"]),
+              type=click.Choice(["auto", *(c.value for c in CodecName)]),
               help="auto: zstd when the node has it, else gzip (decompressed on the node).")
 @click.option("--fanout", "fanout_text", default="auto", show_default=True, metavar="MODE",
               help="direct: every node from here; chain: node to node, each loading and "
@@ -84,7 +84,8 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     ssh = app.ssh(forward_agent=auth is RelayAuth.AGENT)
     if auth is RelayAuth.AGENT and fanout.mode is not FanoutMode.DIRECT:
         require_agent()
-    options = PushOptions(parallel=parallel, codec=codec, fanout=fanout, relay_auth=auth)
+    options = PushOptions(parallel=parallel, codec=None if codec == "auto" else CodecName(codec),
+                          fanout=fanout, relay_auth=auth)
     plan = plan_fleet_push(ssh, client, image, nodes, options)
     if not as_json:
         _echo_plan(plan)
@@ -223,8 +224,8 @@ def _result_row(r: NodeOutcome[NodeResult]) -> list[object]:
     if v is None:
         return [r.node.name, ok_word(False, no="failed"), "-", "-", "-", f"{r.seconds:.1f} s",
                 "-"]
-    return [r.node.name, ok_word(True, v.action), _from(v), human_bytes(v.sent_bytes),
-            v.layers_sent, f"{v.seconds:.1f} s", v.codec or "-"]
+    return [r.node.name, ok_word(True, v.action.value), _from(v), human_bytes(v.sent_bytes),
+            v.layers_sent, f"{v.seconds:.1f} s", v.codec.value if v.codec else "-"]
 
 
 def _source(delivery: Delivery, name: str) -> str | None:
@@ -238,7 +239,7 @@ def _source(delivery: Delivery, name: str) -> str | None:
 
 
 def _from(result: NodeResult) -> str:
-    if result.action in ("skipped", "tagged"):
+    if result.action in (ResultAction.SKIPPED, ResultAction.TAGGED):
         return "-"
     return (result.via or "workstation") + ("*" if result.note else "")
 

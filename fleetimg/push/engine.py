@@ -19,7 +19,7 @@ from fleetimg.errors import ConnectionFailed, FleetimgError
 from fleetimg.inventory import Node, RelayAuth, Runtime
 from fleetimg.localimage import LocalImage, assign_images
 from fleetimg.parallel import NodeOutcome, for_each_node
-from fleetimg.push.plan import CODECS, Action, NodePlan, plan_push
+from fleetimg.push.plan import CODECS, Action, CodecName, NodePlan, plan_push
 from fleetimg.push.relay import (
     Fanout,
     FanoutMode,
@@ -35,6 +35,7 @@ from fleetimg.push.relay import (
 from fleetimg.push.transfer import (
     NodeResult,
     Progress,
+    ResultAction,
     StreamOutcome,
     drop_incoming,
     finish,
@@ -54,7 +55,7 @@ MAX_RELAY_ROUNDS = 2
 @dataclass(frozen=True)
 class PushOptions:
     parallel: int = 4
-    codec: str = "auto"
+    codec: CodecName | None = None  # None: the best both ends have
     fanout: Fanout = field(default_factory=lambda: Fanout(FanoutMode.DIRECT))
     relay_auth: RelayAuth | None = None
 
@@ -237,10 +238,12 @@ def run_group(ssh: Ssh, image: LocalImage, group: RelayGroup, options: PushOptio
         finish(ssh, plan, image)
         assert plan.codec is not None
         is_root = plan is root
-        return NodeResult(node.name, "imported" if k3s else "loaded",
-                          out.sent if is_root else 0, out.raw, plan.send_layers,
-                          elapsed if is_root else time.monotonic() - start,
-                          plan.codec.name, via=group.parents[node.name],
+        action = ResultAction.IMPORTED if k3s else ResultAction.LOADED
+        return NodeResult(node=node.name, action=action,
+                          sent_bytes=out.sent if is_root else 0, raw_bytes=out.raw,
+                          layers_sent=plan.send_layers,
+                          seconds=elapsed if is_root else time.monotonic() - start,
+                          codec=plan.codec.name, via=group.parents[node.name],
                           read_bytes=out.read if is_root else 0,
                           source=out.source if is_root else None)
 
@@ -359,7 +362,7 @@ def _feed_from_node(ssh: Ssh, image: LocalImage, ready: list[NodeOutcome[NodePla
                    and "zstd" in s.probe.tools), None)
     takers = [p for p in ready if p.value is not None and p.value.action is Action.SEND
               and p.value.node.runtime is Runtime.DOCKER and p.value.codec is not None
-              and p.value.codec.name == "zstd"]
+              and p.value.codec.name is CodecName.ZSTD]
     if source is None or options.relay_auth is None or not takers:
         return [], ready
     plans = [source, *(p.value for p in takers if p.value is not None)]
@@ -370,7 +373,7 @@ def _feed_from_node(ssh: Ssh, image: LocalImage, ready: list[NodeOutcome[NodePla
                         loads={source.node.name: "cat > /dev/null"})
     temp, d = incoming_tag(image), source.docker
     command = (f"{remote.docker(d, 'tag', image.id, temp)} && "
-               f"{remote.docker(d, 'save', temp)} | {' '.join(CODECS['zstd'].compress)} | "
+               f"{remote.docker(d, 'save', temp)} | {' '.join(CODECS[CodecName.ZSTD].compress)} | "
                f"{remote_command(source.node.name, table)}; rc=$?; "
                f"{remote.docker(d, 'rmi', temp)} >/dev/null 2>&1; exit $rc")
     start = time.monotonic()
@@ -380,8 +383,9 @@ def _feed_from_node(ssh: Ssh, image: LocalImage, ready: list[NodeOutcome[NodePla
     def verify(node: Node) -> NodeResult:
         plan = next(p for p in plans if p.node.name == node.name)
         finish(ssh, plan, image)
-        return NodeResult(node.name, "loaded", 0, 0, plan.send_layers,
-                          time.monotonic() - start, "zstd", via=parents[node.name],
+        return NodeResult(node=node.name, action=ResultAction.LOADED, sent_bytes=0, raw_bytes=0,
+                          layers_sent=plan.send_layers, seconds=time.monotonic() - start,
+                          codec=CodecName.ZSTD, via=parents[node.name],
                           note=f"re-fed from {source.node.name}: {why[node.name]}")
 
     verified = for_each_node([p.node for p in plans[1:]], verify,

@@ -31,20 +31,27 @@ class Action(str, Enum):
     REFUSE = "refuse"
 
 
+class CodecName(str, Enum):
+    ZSTD = "zstd"
+    PIGZ = "pigz"
+    GZIP = "gzip"
+    NONE = "none"
+
+
 @dataclass(frozen=True)
 class Codec:
-    name: str
+    name: CodecName
     compress: tuple[str, ...]  # runs here
     decompress: str  # runs on the node
 
 
-CODECS = {
+CODECS: dict[CodecName, Codec] = {
     # zstd -3 compresses ~245 MB/s on one core, gzip -6 ~27 MB/s: only zstd keeps ahead of
     # gigabit (~115 MB/s). Docker 20.10 cannot load zstd itself, so the node decompresses.
-    "zstd": Codec("zstd", ("zstd", "-3", "-T0", "-q", "-c"), "zstd -dc"),
-    "pigz": Codec("pigz", ("pigz", "-1", "-c"), "pigz -dc"),
-    "gzip": Codec("gzip", ("pigz", "-1", "-c"), "gzip -dc"),
-    "none": Codec("none", ("cat",), "cat"),
+    CodecName.ZSTD: Codec(CodecName.ZSTD, ("zstd", "-3", "-T0", "-q", "-c"), "zstd -dc"),
+    CodecName.PIGZ: Codec(CodecName.PIGZ, ("pigz", "-1", "-c"), "pigz -dc"),
+    CodecName.GZIP: Codec(CodecName.GZIP, ("pigz", "-1", "-c"), "gzip -dc"),
+    CodecName.NONE: Codec(CodecName.NONE, ("cat",), "cat"),
 }
 
 
@@ -70,20 +77,21 @@ class NodePlan:
         }
 
 
-def choose_codec(probe: NodeProbe, wanted: str, local_tools: set[str]) -> Codec:
-    if wanted != "auto":
+def choose_codec(probe: NodeProbe, wanted: CodecName | None, local_tools: set[str]) -> Codec:
+    """`wanted` None: zstd where both ends have it, else pigz, else gzip."""
+    if wanted is not None:
         codec = CODECS[wanted]
         tool = codec.decompress.split()[0]
         if tool != "cat" and tool not in probe.tools:
-            raise PushError(f"{probe.name}: --compress {wanted} but the node has no {tool}",
-                            hint="use --compress auto")
+            raise PushError(f"{probe.name}: --compress {wanted.value} but the node has no "
+                            f"{tool}", hint="use --compress auto")
         return codec
     if "zstd" in probe.tools and "zstd" in local_tools:
-        return CODECS["zstd"]
+        return CODECS[CodecName.ZSTD]
     if "pigz" in probe.tools and "pigz" in local_tools:
-        return CODECS["pigz"]
-    return CODECS["gzip"] if "pigz" in local_tools else Codec(
-        "gzip", ("gzip", "-1", "-c"), "gzip -dc")
+        return CODECS[CodecName.PIGZ]
+    return CODECS[CodecName.GZIP] if "pigz" in local_tools else Codec(
+        CodecName.GZIP, ("gzip", "-1", "-c"), "gzip -dc")
 
 
 # ctr keeps only the host's platform unless told otherwise ("image might be filtered out"):
@@ -145,7 +153,7 @@ def parse_remote_images(text: str) -> tuple[str | None, set[str], set[str]]:
     return ref_id, ids, chains
 
 
-def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
+def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: CodecName | None,
               local_tools: set[str]) -> NodePlan:
     probe = probe_node(ssh, node)
     if not probe.runs_arm64 and image.architecture == "arm64":
@@ -201,7 +209,8 @@ def plan_node(ssh: Ssh, node: Node, image: LocalImage, *, codec: str,
                     choose_codec(probe, codec, local_tools), docker, tuple(warnings))
 
 
-def plan_push(ssh: Ssh, nodes: Sequence[Node], image: LocalImage, *, codec: str = "auto",
+def plan_push(ssh: Ssh, nodes: Sequence[Node], image: LocalImage, *,
+              codec: CodecName | None = None,
               local_tools: set[str], parallel: int = 8) -> list[NodeOutcome[NodePlan]]:
     return for_each_node(
         nodes, lambda n: plan_node(ssh, n, image, codec=codec, local_tools=local_tools),

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import IO
 
 from fleetimg import programs, remote, stop
@@ -30,6 +31,7 @@ from fleetimg.push.plan import (
     K3S_IMPORT,
     K3S_LIST,
     Action,
+    CodecName,
     NodePlan,
     containerd_has,
     containerd_name,
@@ -46,19 +48,35 @@ CLEANUP_TIMEOUT = 5
 Progress = Callable[[int], None]  # uncompressed bytes just handled
 
 
-@dataclass(frozen=True)
+class ResultAction(str, Enum):
+    """What a push did on a node."""
+
+    SKIPPED = "skipped"  # it had the image under this name
+    TAGGED = "tagged"  # it had the image; the name was added
+    LOADED = "loaded"  # into Docker
+    IMPORTED = "imported"  # into K3s's containerd
+
+
+class ImageSource(str, Enum):
+    """Where the image's bytes were read on the workstation."""
+
+    LAYER_STORE = "layer-store"  # the engine's layer files, read directly
+    DOCKER_SAVE = "docker-save"  # `docker save`, where the layer store is out of reach
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeResult:
     node: str
-    action: str  # skipped, tagged, loaded, imported
+    action: ResultAction
     sent_bytes: int  # through the workstation's uplink, compressed
     raw_bytes: int  # archive bytes before compression
     layers_sent: int
     seconds: float
-    codec: str | None = None
+    codec: CodecName | None = None
     via: str | None = None  # the node that relayed the stream; None: the workstation
     note: str = ""
     read_bytes: int = 0  # image bytes read from the local engine to make the stream
-    source: str | None = None  # where they were read: "layer-store" or "docker-save"
+    source: ImageSource | None = None  # where they were read
 
 
 # Each fleetimg process loads under its own temporary name: two pushes of one image at once
@@ -70,12 +88,12 @@ def incoming_tag(image: LocalImage) -> str:
     return f"fleetimg-incoming:{image.id.removeprefix('sha256:')[:16]}-{_RUN_TOKEN}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StreamOutcome:
     sent: int  # compressed bytes written to ssh
     raw: int  # archive bytes before compression
     read: int  # image bytes read from the local engine
-    source: str  # layer-store or docker-save
+    source: ImageSource
     rc: int  # the remote command's exit status (255: ssh itself failed)
     broken: bool  # the connection went away while sending
     output: str  # the remote command's stdout and stderr
@@ -95,7 +113,8 @@ def stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
         output = "\n".join(ln for ln in remote_out.read().decode(errors="replace").splitlines()
                            if not (ln.startswith("fleetimg-relay: ")
                                    and (" waiting on " in ln or _RECEIVED_RE.match(ln))))
-    return StreamOutcome(sent, raw, read, source, rc, broken, output, failure)
+    return StreamOutcome(sent=sent, raw=raw, read=read, source=source, rc=rc, broken=broken,
+                         output=output, failure=failure)
 
 
 def _stream(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
@@ -117,7 +136,7 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
               remote_out: IO[bytes], *, skip_layers: int, repo_tag: str,
               progress: Progress | None,
               relayed: Callable[[str], Progress | None] | None = None) -> \
-        tuple[int, int, int, str, int, bool, BaseException | None]:
+        tuple[int, int, int, ImageSource, int, bool, BaseException | None]:
     assert plan.codec is not None
     handled = [0]  # uncompressed bytes into the compressor: relayed nodes are scaled by it
 
@@ -181,7 +200,7 @@ def _pipeline(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_cmd: str,
         remote_out.seek(0, os.SEEK_END)  # ssh wrote through its own descriptor
         remote_out.write(f"\nfleetimg-relay: {plan.node.name} cut off by the workstation: "
                          f"took nothing for {STALL_SECONDS} s\n".encode())
-    source = "docker-save" if save is not None else "layer-store"
+    source = ImageSource.DOCKER_SAVE if save is not None else ImageSource.LAYER_STORE
     return sent, raw, read, source, rc, broken, failure[0] if failure else None
 
 
@@ -358,10 +377,12 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
     if plan.action is Action.REFUSE:
         raise PushError(f"{node.name}: refused: {plan.reason}")
     if plan.action is Action.SKIP:
-        return NodeResult(node.name, "skipped", 0, 0, 0, time.monotonic() - start)
+        return NodeResult(node=node.name, action=ResultAction.SKIPPED, sent_bytes=0, raw_bytes=0,
+                          layers_sent=0, seconds=time.monotonic() - start)
     if plan.action is Action.TAG:
         ssh.run(node, remote.docker(plan.docker, "tag", image.id, image.ref), timeout=60)
-        return NodeResult(node.name, "tagged", 0, 0, 0, time.monotonic() - start)
+        return NodeResult(node=node.name, action=ResultAction.TAGGED, sent_bytes=0, raw_bytes=0,
+                          layers_sent=0, seconds=time.monotonic() - start)
     assert plan.codec is not None
     k3s = node.runtime is Runtime.K3S
     try:
@@ -372,6 +393,8 @@ def push_node(ssh: Ssh, plan: NodePlan, image: LocalImage,
             drop_incoming(ssh, plan, image)
         raise
     finish(ssh, plan, image)
-    return NodeResult(node.name, "imported" if k3s else "loaded", out.sent, out.raw,
-                      plan.send_layers, time.monotonic() - start, plan.codec.name,
+    action = ResultAction.IMPORTED if k3s else ResultAction.LOADED
+    return NodeResult(node=node.name, action=action,
+                      sent_bytes=out.sent, raw_bytes=out.raw, layers_sent=plan.send_layers,
+                      seconds=time.monotonic() - start, codec=plan.codec.name,
                       read_bytes=out.read, source=out.source)

@@ -12,7 +12,7 @@ import pytest
 from fleetimg.errors import UsageError
 from fleetimg.inventory import Fleet, Runtime, parse
 from fleetimg.push.engine import why_missing
-from fleetimg.push.plan import CODECS, Action, NodePlan
+from fleetimg.push.plan import CODECS, Action, CodecName, NodePlan
 from fleetimg.push.relay import (
     Fanout,
     FanoutMode,
@@ -27,7 +27,7 @@ from fleetimg.push.relay import (
     resolve,
     topology,
 )
-from fleetimg.push.transfer import StreamOutcome
+from fleetimg.push.transfer import ImageSource, StreamOutcome
 from tests.conftest import DATA
 
 
@@ -37,10 +37,15 @@ def fleet(n: int) -> Fleet:
     return parse({"fleet": {"subnet": "10.0.0.0/24"}, "nodes": nodes}, base_dir=Path("/tmp"))
 
 
-def send(f: Fleet, name: str, have: int = 0, codec: str = "zstd",
+def send(f: Fleet, name: str, have: int = 0, codec: CodecName = CodecName.ZSTD,
          docker: str = "docker") -> NodePlan:
     return NodePlan(f.node(name), Action.SEND, "", have_layers=have, send_layers=3 - have,
                     codec=CODECS[codec], docker=docker)
+
+
+def outcome(*, rc: int, output: str, broken: bool = False) -> StreamOutcome:
+    return StreamOutcome(sent=100, raw=200, read=200, source=ImageSource.LAYER_STORE, rc=rc,
+                         broken=broken, output=output, failure=None)
 
 
 @pytest.mark.parametrize(("text", "mode", "degree"), [
@@ -92,7 +97,7 @@ def test_chain_and_tree_shapes() -> None:
 def test_groups_hold_only_nodes_that_get_the_same_bytes() -> None:
     f = fleet(6)
     plans = [send(f, "node1", have=1), send(f, "node2", have=2), send(f, "node3", have=1),
-             send(f, "node4", have=1, codec="pigz"),
+             send(f, "node4", have=1, codec=CodecName.PIGZ),
              NodePlan(f.node("node5"), Action.SKIP, "has it"),
              send(f, "node6", have=1, docker="sudo -n docker")]
     groups = group_plans(plans)
@@ -103,7 +108,7 @@ def test_groups_hold_only_nodes_that_get_the_same_bytes() -> None:
 def test_k3s_nodes_relay_only_among_themselves() -> None:
     f = fleet(3)
     k3s = NodePlan(dataclasses.replace(f.node("node3"), runtime=Runtime.K3S), Action.SEND, "",
-                   codec=CODECS["zstd"])
+                   codec=CODECS[CodecName.ZSTD])
     groups = group_plans([send(f, "node1"), send(f, "node2"), k3s])
     assert [[p.node.name for p in g] for g in groups] == [["node1", "node2"], ["node3"]]
 
@@ -159,22 +164,19 @@ def test_why_a_node_was_missed_points_at_the_break() -> None:
     group = RelayGroup(plans, topology(names, Fanout("chain", 1)), "")
     assert group.describe() == "workstation -> node1 -> node2 -> node3 -> node4 -> node5"
     assert group.below("node3") == ["node4", "node5"]
-    out = StreamOutcome(100, 200, 200, "layer-store", 0, False,
-                        "fleetimg-relay: node3 exit 255 Broken pipe\n", None)
+    out = outcome(rc=0, output="fleetimg-relay: node3 exit 255 Broken pipe\n")
     reports = parse_reports(out.output)
     missing = {"node3", "node4", "node5"}
     assert why_missing(group, "node3", missing, out, reports) == \
         "relay node2 -> node3 ended with exit 255 (Broken pipe)"
     assert why_missing(group, "node5", missing, out, reports) == \
         "cut off: the stream broke at node3, above it in the relay"
-    lost = StreamOutcome(5, 10, 10, "docker-save", 255, True,
-                         "client_loop: send disconnect\n", None)
+    lost = outcome(rc=255, broken=True, output="client_loop: send disconnect\n")
     assert why_missing(group, "node1", set(names), lost, {}) == \
         "stream from the workstation ended with exit 255 (client_loop: send disconnect)"
     # A watchdog's cut, by a relay or by the workstation, is named as such.
-    cut = StreamOutcome(100, 200, 200, "layer-store", 0, False,
-                        "fleetimg-relay: node4 cut off by node3: took nothing for 8 s\n"
-                        "fleetimg-relay: node4 exit 143\n", None)
+    cut = outcome(rc=0, output="fleetimg-relay: node4 cut off by node3: took nothing for 8 s\n"
+                  "fleetimg-relay: node4 exit 143\n")
     assert why_missing(group, "node4", {"node4", "node5"}, cut, parse_reports(cut.output)) == \
         "cut off by node3: took nothing for 8 s"
     tree = RelayGroup(plans, topology(names, Fanout("tree", 2)), "")
