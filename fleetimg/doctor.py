@@ -77,6 +77,15 @@ def check_qemu_binfmt(binfmt_dir: Path = BINFMT_DIR) -> Check:
     return Check("qemu arm64 binfmt", True, f"enabled, flags {flags}")
 
 
+def check_arm64() -> Check:
+    """arm64 steps of a build: native on an arm64 engine, else QEMU's binfmt handler."""
+    from fleetimg.buildkit import engine_arch, runs_arm64_natively
+
+    if runs_arm64_natively(engine_arch()):
+        return Check("qemu arm64 binfmt", True, "not needed: the Docker engine is arm64")
+    return check_qemu_binfmt()
+
+
 def _tool_check(
     name: str, tools: list[str], package: str, why: str, required: bool = True
 ) -> Callable[[], Check]:
@@ -93,7 +102,7 @@ def _tool_check(
 CHECKS: list[Callable[[], Check]] = [
     check_docker_engine,
     check_buildkit,
-    check_qemu_binfmt,
+    check_arm64,
     _tool_check("ssh client", ["ssh", "ssh-keygen"], "openssh-client", "reaching nodes"),
     _tool_check("debugfs/e2fsck", ["debugfs", "e2fsck"], "e2fsprogs", "SD card overlays"),
     _tool_check("sgdisk", ["sgdisk"], "gdisk", "reading SD card partition tables"),

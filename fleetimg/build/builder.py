@@ -1,4 +1,5 @@
-"""Run a planned build with BuildKit for linux/arm64 under QEMU, and its smoke test."""
+"""Run a planned build with BuildKit for linux/arm64 (natively or under QEMU, whichever the
+builder does: fleetimg.buildkit.arm64_route), and its smoke test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from pathlib import Path
 
 from fleetimg import programs
 from fleetimg.build.plan import BuildPlan
-from fleetimg.buildkit import find_build_command
+from fleetimg.buildkit import (
+    arm64_route,
+    builder_platforms,
+    engine_arch,
+    find_build_command,
+    runs_arm64_natively,
+)
 from fleetimg.doctor import check_qemu_binfmt
 from fleetimg.errors import BuildError, UsageError
 
@@ -27,6 +34,7 @@ class BuildOptions:
     no_cache: bool = False
     triton_tarball: Path | None = None
     smoke_test: bool = True
+    builder: str | None = None  # a buildx builder by name; None: the current one
 
 
 # A Dockerfile's own verdict, printed by its RUN step ("fleetimg: ..." and the way out as
@@ -94,15 +102,20 @@ def build_argv(plan: BuildPlan, options: BuildOptions, context: Path,
 
 def run_build(plan: BuildPlan, options: BuildOptions,
               on_line: Callable[[str], None] = lambda s: None) -> None:
-    binfmt = check_qemu_binfmt()
-    if not binfmt.ok:
-        raise BuildError(f"cannot build for arm64: {binfmt.detail}", hint=binfmt.fix)
+    command = find_build_command(options.builder)
+    route = arm64_route(command, builder_platforms(command), engine_arch())
+    if route.needs_binfmt:
+        binfmt = check_qemu_binfmt()
+        if not binfmt.ok:
+            raise BuildError(f"cannot build for arm64 on this machine: {binfmt.detail}",
+                             hint=f"{binfmt.fix}; or build on an arm64 machine "
+                             "(--builder NAME, or DOCKER_HOST=ssh://USER@BOARD)")
+    on_line(f"arm64 steps: {route.how} ({command.description})")
     if options.ca_bundle is not None and not options.ca_bundle.is_file():
         raise UsageError(f"--ca-bundle {options.ca_bundle}: no such file",
                          hint="e.g. --ca-bundle /etc/ssl/certs/ca-certificates.crt")
     if options.triton_tarball is not None and not options.triton_tarball.is_file():
         raise UsageError(f"--triton-tarball {options.triton_tarball}: no such file")
-    command = find_build_command()
     tail: deque[str] = deque(maxlen=300)
     with tempfile.TemporaryDirectory(prefix="fleetimg-build-") as tmp:
         context = _stage_context(plan, options, Path(tmp))
@@ -134,6 +147,12 @@ def smoke_test(plan: BuildPlan, on_line: Callable[[str], None] = lambda s: None)
     """Run the target's CPU-safe smoke test in the built image (under QEMU on x86)."""
     if not plan.target.smoke:
         return "no smoke test"
+    # It runs on the engine the image was loaded into: an x86 one needs QEMU's handler,
+    # which a build on another machine's builder did not.
+    if not runs_arm64_natively(engine_arch()):
+        binfmt = check_qemu_binfmt()
+        if not binfmt.ok:
+            return f"skipped: this machine cannot run arm64 images ({binfmt.detail})"
     entry, *args = plan.target.smoke
     result = programs.run(["docker", "run", "--rm", "--platform", plan.platform,
                          "--entrypoint", entry, plan.tags[0], *args], check=False, timeout=1800)

@@ -85,6 +85,10 @@ def _describe(plan: BuildPlan) -> list[str]:
               "secret: never stored in the image).")
 @click.option("--triton-tarball", type=click.Path(path_type=Path),
               help="Use an already downloaded Triton Jetson tarball (offline).")
+@click.option("--builder", metavar="NAME",
+              help="A docker buildx builder by name (`docker buildx ls`), e.g. one on a "
+              "board: `docker buildx create --name jetson ssh://USER@BOARD`. A builder (or an "
+              "engine) that runs arm64 itself needs no QEMU here.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every step.")
 @click.option("--no-smoke", is_flag=True, help="Skip the target's smoke test.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan; build nothing.")
@@ -93,9 +97,11 @@ def _describe(plan: BuildPlan) -> list[str]:
 def build(app: AppContext, target: str, l4t: str | None, selection: str | None, probe: bool,
           tags: tuple[str, ...], base: str | None, standin: bool, cpu_only: bool,
           build_args: tuple[str, ...], all_releases: bool,
-          ca_bundle: Path | None, triton_tarball: Path | None, no_cache: bool,
+          ca_bundle: Path | None, triton_tarball: Path | None, builder: str | None,
+          no_cache: bool,
           no_smoke: bool, dry_run: bool, as_json: bool) -> None:
-    """Build TARGET for linux/arm64 on this workstation (BuildKit + QEMU).
+    """Build TARGET for linux/arm64 with BuildKit: natively on an arm64 machine or builder,
+    else under QEMU on this one.
 
     The base image is the NGC one for the boards' L4T release (see `fleetimg targets`);
     the image is labelled with what it was built for, which `fleetimg push` checks.
@@ -117,7 +123,7 @@ def build(app: AppContext, target: str, l4t: str | None, selection: str | None, 
             click.echo("dry run: nothing built")
         return
     options = BuildOptions(ca_bundle=ca_bundle, no_cache=no_cache,
-                           triton_tarball=triton_tarball)
+                           triton_tarball=triton_tarball, builder=builder)
     echo = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     results = []
     for p in plans:

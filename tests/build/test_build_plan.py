@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from fleetimg.build.plan import (
 )
 from fleetimg.build.releases import images_for, load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
-from fleetimg.errors import UsageError
+from fleetimg.buildkit import BuildCommand, arm64_route, parse_platforms
+from fleetimg.errors import ToolMissing, UsageError
 from fleetimg.l4t import L4TRelease
 from tests.conftest import DATA
 
@@ -275,3 +277,52 @@ def test_build_args_from_the_user_come_last_and_are_checked(tmp_path: Path) -> N
     for bad in ("NOEQUALS", "1X=2", "BASE_IMAGE=x"):
         with pytest.raises(UsageError):
             parse_build_args([bad])
+
+
+# ---- where arm64 steps run -----------------------------------------------------------------
+
+def test_a_builders_platforms_are_read_from_every_node() -> None:
+    # docker/buildx docs/reference/buildx_inspect.md: a builder with an x86 node and an arm64
+    # one reached over SSH.
+    assert parse_platforms((DATA / "buildx-inspect.txt").read_text()) == (
+        "linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6")
+    assert "linux/arm64" not in parse_platforms((DATA / "buildx-inspect-x86.txt").read_text())
+    assert parse_platforms("Platforms: linux/amd64*, linux/arm64*\n") == (
+        "linux/amd64", "linux/arm64")
+
+
+def test_only_qemu_on_this_machine_needs_the_binfmt_handler() -> None:
+    buildx = BuildCommand(("docker", "buildx", "build", "--load"), buildx="docker")
+    named = BuildCommand(("docker", "buildx", "build", "--builder", "jetson", "--load"),
+                         buildx="docker", builder="jetson")
+    classic = BuildCommand(("/usr/bin/docker", "build"), {"DOCKER_BUILDKIT": "1"})
+    arm64 = parse_platforms((DATA / "buildx-inspect.txt").read_text())
+    x86 = parse_platforms((DATA / "buildx-inspect-x86.txt").read_text())
+    # A builder that reports linux/arm64 runs it, whatever this machine is.
+    route = arm64_route(named, arm64, "amd64")
+    assert not route.needs_binfmt and route.how == "jetson runs linux/arm64"
+    assert not arm64_route(buildx, arm64, "amd64").needs_binfmt
+    # An arm64 engine (an Orin as build box, DOCKER_HOST=ssh://board) runs it natively.
+    for command, platforms in ((classic, ()), (buildx, x86)):
+        assert not arm64_route(command, platforms, "arm64").needs_binfmt
+        assert arm64_route(command, platforms, "amd64").needs_binfmt
+    # A named builder that cannot is refused, saying what it can.
+    with pytest.raises(ToolMissing, match=r"jetson does not run linux/arm64 .*linux/386"):
+        arm64_route(named, x86, "amd64")
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI")
+def test_a_named_builder_needs_buildx_and_says_so(tmp_path: Path) -> None:
+    # This machine's docker CLI has no buildx plugin (Debian 12's docker.io): --builder is
+    # refused in one line, before anything is built, with the way out.
+    if subprocess.run(["docker", "buildx", "version"], capture_output=True,
+                      check=False).returncode == 0:
+        pytest.skip("this docker CLI has buildx")
+    proc = subprocess.run([sys.executable, "-m", "fleetimg", "build", "pytorch", "--l4t",
+                           "R32.7.1", "--standin", "--builder", "jetson", "--json"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert error["message"].startswith("--builder jetson needs docker buildx")
+    assert "DOCKER_HOST=ssh://USER@BOARD" in error["hint"]
