@@ -163,7 +163,8 @@ def _echo_plan(plan: FleetPlan) -> None:
         click.echo(table(["NODE", "ACTION", "HAS", "SENDS", "BYTES", "CODEC", "WHY"],
                          [_plan_row(p.node.name, p.value, p.error) for p in ip.plans]))
         for group in ip.delivery.groups:
-            click.echo(f"relay: {group.describe()}")
+            click.echo("relay:")
+            click.echo("\n".join(f"  {line}" for line in group.tree_lines()))
         for note in ip.delivery.notes:
             click.echo(f"note: {note}")
     for u in plan.unassigned:

@@ -172,6 +172,30 @@ class RelayGroup:
             todo += self.children(child)
         return out
 
+    def tree_lines(self, width: int = 6) -> list[str]:
+        """The relay tree drawn as text: a node feeding one other continues its line
+        (`node1 -> node2`, wrapped every `width` nodes), one feeding several branches."""
+        lines: list[str] = []
+
+        def run_from(name: str) -> list[str]:
+            run = [name]
+            while len(kids := self.children(run[-1])) == 1:
+                run.append(kids[0])
+            return run
+
+        def draw(name: str, lead: str, rest: str) -> None:
+            run = run_from(name)
+            chunks = [run[i:i + width] for i in range(0, len(run), width)]
+            lines.append(lead + " -> ".join(chunks[0]))
+            lines.extend(f"{rest}  -> " + " -> ".join(c) for c in chunks[1:])
+            kids = self.children(run[-1])
+            for i, kid in enumerate(kids):
+                last = i == len(kids) - 1
+                draw(kid, rest + ("`- " if last else "+- "), rest + ("   " if last else "|  "))
+
+        draw(self.root.node.name, "workstation -> ", "  ")
+        return lines
+
     def describe(self) -> str:
         def branch(name: str) -> str:
             kids = self.children(name)

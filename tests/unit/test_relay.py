@@ -184,6 +184,24 @@ def test_why_a_node_was_missed_points_at_the_break() -> None:
     assert why_missing(tree, "node3", {"node3"}, out, {}) == "no report from its relay node1"
 
 
+def test_the_relay_tree_is_drawn_for_the_dry_run() -> None:
+    names = [f"node{i}" for i in range(1, 9)]
+    plans = tuple(send(fleet(8), n) for n in names)
+    chain = RelayGroup(plans, topology(names, Fanout("chain", 1)), "")
+    assert chain.tree_lines(width=4) == [
+        "workstation -> node1 -> node2 -> node3 -> node4",
+        "    -> node5 -> node6 -> node7 -> node8"]
+    tree = RelayGroup(plans, topology(names, Fanout("tree", 2)), "")
+    assert tree.tree_lines() == [
+        "workstation -> node1",
+        "  +- node2",
+        "  |  +- node4 -> node8",
+        "  |  `- node5",
+        "  `- node3",
+        "     +- node6",
+        "     `- node7"]
+
+
 def test_an_unknown_fanout_mode_never_becomes_a_tree() -> None:
     # It once did: every mode that was not direct or chain was laid out as a tree.
     with pytest.raises(ValueError):
