@@ -23,7 +23,7 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
-from fleetimg import private, programs
+from fleetimg import newfile, private, programs
 from fleetimg import tomlcompat as tomllib
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import INTERNAL_KEY_NAME, MODULES, Fleet, Node, load
@@ -220,9 +220,7 @@ def _write_files(config: LabConfig) -> None:
               if i > config.nodes else []),
             "",
         ]
-    tmp = config.fleet_file.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(config.fleet_file)
+    newfile.write_atomic(config.fleet_file, "\n".join(lines).encode())
 
 
 def _ensure_network(client: docker.DockerClient, config: LabConfig) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetimg import programs
+from fleetimg import newfile, programs
 from fleetimg.l4t import L4TRelease, format_nv_tegra_release
 from fleetimg.sdcard.gpt import SECTOR
 
@@ -191,10 +191,25 @@ def build_test_image(
     app_start = layout.app_start
     app_sectors = app_size // SECTOR
     total_sectors = app_start + app_sectors + 34
+    # Staged as OUT.part, made new (never through a link left there; a leftover of a
+    # killed run of ours is replaced, anything else refused) and removed on any failure.
     tmp_out = out.with_name(out.name + ".part")
-    tmp_out.unlink(missing_ok=True)
-    with tmp_out.open("wb") as fh:
+    newfile.remove_leftover(tmp_out)
+    with os.fdopen(newfile.create(tmp_out), "wb") as fh:
         fh.truncate(total_sectors * SECTOR)
+    try:
+        _fill(tmp_out, layout, app_start, app_sectors, app_size, rootfs, l4t=l4t, board=board,
+              booted=booted, payload=payload, stock_identity=stock_identity)
+        tmp_out.replace(out)
+    except BaseException:
+        tmp_out.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _fill(tmp_out: Path, layout: Layout, app_start: int, app_sectors: int, app_size: int,
+          rootfs: Path | None, *, l4t: L4TRelease, board: str, booted: bool, payload: int,
+          stock_identity: bool) -> None:
     args = ["sgdisk", "-o", "-a", "8",
             "-n", f"1:{app_start}:{app_start + app_sectors - 1}", "-c", "1:APP", "-t", "1:8300"]
     start = 40
@@ -222,8 +237,6 @@ def build_test_image(
             _make_app(work, tmp_out, app_size, app_start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    tmp_out.replace(out)
-    return out
 
 
 def _make_app(root: Path, image: Path, app_size: int, app_start: int) -> None:

@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
-from fleetimg import stop
+from fleetimg import newfile, stop
 from fleetimg.errors import FleetimgError, RunError, UsageError
 from fleetimg.inventory import Node
 from fleetimg.parallel import for_each_node
@@ -403,8 +403,8 @@ def write_results(path: Path, total: int, new: dict[int, list[str]], *, keep: bo
     if not new and not kept:
         return 0  # nothing finished: an earlier file stays as it was
     body = kept + [line for i in sorted(new) for line in new[i]]
-    tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(f"{line}\n" for line in body))
-    tmp.replace(path)
+    # Staged under a random name and renamed over: whole or not at all, and never written
+    # through a link someone left where a fixed temporary name would be.
+    newfile.write_atomic(path, "".join(f"{line}\n" for line in body).encode())
     return len(body)

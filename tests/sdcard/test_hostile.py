@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fleetimg import inventory, newfile, private
-from fleetimg.errors import DiskError
+from fleetimg.errors import DiskError, FleetimgError
 from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.testimage import build_test_image
@@ -286,3 +286,20 @@ def test_a_secret_beside_the_inventory_is_never_read_through_a_link(
     one_line_error(proc, 1, "cannot read it as a secret file (a symbolic link)")
     assert f"rm {planted}" in proc.stderr
     assert not out.exists() and victim.read_text().startswith("root:")
+
+
+def test_a_link_planted_where_a_lab_image_is_staged_is_refused(tmp_path: Path) -> None:
+    # `fleetimg lab sdimage OUT` staged OUT.part: it removed whatever stood there first.
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "lab.img"
+    planted = out.with_name("lab.img.part")
+    planted.symlink_to(victim)
+    with pytest.raises(DiskError, match="is in the way"):
+        build_test_image(out)
+    assert victim.read_text() == "precious\n" and planted.is_symlink() and not out.exists()
+    # A failure half-way leaves nothing: here, an APP too small for its skeleton.
+    planted.unlink()
+    with pytest.raises(FleetimgError):
+        build_test_image(out, app_size=1 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]

@@ -90,6 +90,19 @@ def test_a_whole_run_replaces_the_results_file(tmp_path: Path) -> None:
     assert not out.with_name("r.jsonl.tmp").exists()
 
 
+def test_the_results_file_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    # It was staged at the fixed name r.jsonl.tmp: a link planted there was written through.
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "r.jsonl"
+    planted = out.with_name("r.jsonl.tmp")
+    planted.symlink_to(victim)
+    write_results(out, 1, {0: lines(0, 1, ["a"])}, keep=False)
+    assert victim.read_text() == "precious\n" and planted.is_symlink()
+    assert [json.loads(x)["file"] for x in out.read_text().splitlines()] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.tmp", "victim"]
+
+
 def test_a_rerun_replaces_only_its_slices_of_the_same_job(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     # Slice 1 was cut off before: the file holds slices 0 and 2 of a 3-slice job, and one
