@@ -148,10 +148,15 @@ FILES: tuple[StandinFile, ...] = (
                 "[Unit]\nDescription=NVIDIA oem-config (waits for a monitor)\n"
                 "Requires=basic.target nv-oem-config.service\nAfter=basic.target\n"
                 "AllowIsolate=yes\n"),
+    # Restarted on failure: lab boot remounts the card's cgroup controllers writable while
+    # its systemd starts the first units, and a unit started in that moment can fail to
+    # attach to its cgroup (status 219/CGROUP, seen with 4 cards booting at once on 2
+    # cores); without this one the card runs no arm64 image.
     StandinFile("/lib/systemd/system/fleetimg-lab-binfmt.service", unit(
         "arm64 images through the host's QEMU (lab only)",
         "DefaultDependencies=no\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
-        "ExecStart=/usr/local/lib/fleetimg-lab-binfmt\n", install="sysinit.target")),
+        "ExecStart=/usr/local/lib/fleetimg-lab-binfmt\nRestart=on-failure\nRestartSec=1\n",
+        install="sysinit.target")),
 )
 
 # (link, target): how the package or NVIDIA's image enables them.
