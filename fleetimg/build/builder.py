@@ -100,6 +100,15 @@ def build_argv(plan: BuildPlan, options: BuildOptions, context: Path,
     return [*argv, str(context)]
 
 
+def require_local_base(plan: BuildPlan) -> None:
+    """A stand-in base exists only where `fleetimg lab base` made it: without it BuildKit
+    would look for it on Docker Hub and fail with "load metadata for docker.io/...". """
+    found = programs.run(["docker", "image", "inspect", plan.base], check=False, timeout=60)
+    if found.returncode != 0:
+        raise UsageError(f"the stand-in base {plan.base} is not built on this machine",
+                         hint="fleetimg lab base (debootstrap and PyPI: a few minutes, once)")
+
+
 def run_build(plan: BuildPlan, options: BuildOptions,
               on_line: Callable[[str], None] = lambda s: None) -> None:
     command = find_build_command(options.builder)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fleetimg.build.builder import BuildOptions, run_build, smoke_test
+from fleetimg.build.builder import BuildOptions, require_local_base, run_build, smoke_test
 from fleetimg.build.plan import BuildPlan, base_image, parse_build_args, plan_builds
 from fleetimg.build.releases import load_aliases, load_table
 from fleetimg.build.targets import load_target, target_names
@@ -122,6 +122,9 @@ def build(app: AppContext, target: str, l4t: str | None, selection: str | None, 
                 click.echo("\n".join(_describe(p)))
             click.echo("dry run: nothing built")
         return
+    if standin:
+        for p in plans:
+            require_local_base(p)
     options = BuildOptions(ca_bundle=ca_bundle, no_cache=no_cache,
                            triton_tarball=triton_tarball, builder=builder)
     echo = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))

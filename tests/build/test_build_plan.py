@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -326,3 +327,21 @@ def test_a_named_builder_needs_buildx_and_says_so(tmp_path: Path) -> None:
     error = json.loads(proc.stdout)["error"]
     assert error["message"].startswith("--builder jetson needs docker buildx")
     assert "DOCKER_HOST=ssh://USER@BOARD" in error["hint"]
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI")
+def test_a_missing_stand_in_base_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    # BuildKit would look for it on Docker Hub and fail at "load metadata for docker.io/...".
+    root = Path(__file__).parents[2] / "dockerfiles"
+    mine = tmp_path / "dockerfiles"
+    shutil.copytree(root, mine)
+    toml = mine / "pytorch" / "target.toml"
+    toml.write_text(toml.read_text().replace('base = "fleetimg/l4t-standin:pytorch"',
+                                             'base = "fleetimg-test/no-such-standin:1"'))
+    proc = subprocess.run([sys.executable, "-m", "fleetimg", "build", "pytorch", "--l4t",
+                           "R32.7.1", "--standin"], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path,
+                          env={**os.environ, "FLEETIMG_DOCKERFILES": str(mine)})
+    assert proc.returncode == 2, proc.stderr
+    assert "the stand-in base fleetimg-test/no-such-standin:1 is not built" in proc.stderr
+    assert "hint: fleetimg lab base" in proc.stderr

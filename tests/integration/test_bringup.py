@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_blank_cards_to_a_finished_pytorch_run(
-        cards_lab: tuple[LabConfig, Fleet], bootable: Path, tmp_path: Path) -> None:
+        cards_lab: tuple[LabConfig, Fleet], bootable: Path, standin_pytorch: str,
+        tmp_path: Path) -> None:
+    # The build phase builds on the stand-in (`--standin`): on a cold machine nothing has
+    # made it before this test.
     config, fleet = cards_lab
     assert fleet.path is not None
     nodes = ["node2", "node3"]
