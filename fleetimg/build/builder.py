@@ -19,9 +19,8 @@ from fleetimg.buildkit import (
     builder_platforms,
     engine_arch,
     find_build_command,
-    runs_arm64_natively,
 )
-from fleetimg.doctor import check_qemu_binfmt
+from fleetimg.doctor import check_arm64, check_qemu_binfmt
 from fleetimg.errors import BuildError, UsageError
 
 _STEP = re.compile(r"^\s*> \[(?P<step>[^\]]+)\] (?P<cmd>.*?):?\s*$")
@@ -158,10 +157,9 @@ def smoke_test(plan: BuildPlan, on_line: Callable[[str], None] = lambda s: None)
         return "no smoke test"
     # It runs on the engine the image was loaded into: an x86 one needs QEMU's handler,
     # which a build on another machine's builder did not.
-    if not runs_arm64_natively(engine_arch()):
-        binfmt = check_qemu_binfmt()
-        if not binfmt.ok:
-            return f"skipped: this machine cannot run arm64 images ({binfmt.detail})"
+    arm64 = check_arm64()
+    if not arm64.ok:
+        return f"skipped: this machine cannot run arm64 images ({arm64.detail})"
     entry, *args = plan.target.smoke
     result = programs.run(["docker", "run", "--rm", "--platform", plan.platform,
                          "--entrypoint", entry, plan.tags[0], *args], check=False, timeout=1800)
