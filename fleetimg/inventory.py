@@ -119,8 +119,10 @@ _SHA512_CRYPT_RE = re.compile(r"\$6\$(rounds=[0-9]{4,9}\$)?[./0-9A-Za-z]{1,16}\$
 
 FLEET_KEYS = {
     "name", "user", "ssh_key", "port", "subnet", "gateway", "dns", "l4t", "runtime",
-    "known_hosts", "relay_auth", "firmware",
+    "known_hosts", "relay_auth", "firmware", "address", "leases",
 }
+# `address = "dhcp"`: the board asks the network for its address; fleetimg finds it by name.
+DHCP = "dhcp"
 
 
 class RelayAuth(str, Enum):
@@ -144,13 +146,16 @@ DEFAULT_USER_GROUPS = (
 _SWAP_RE = re.compile(r"^(off|zram|[1-9][0-9]*[MG])$")
 NODE_KEYS = {
     "name", "address", "role", "module", "groups", "user", "ssh_key", "port", "l4t", "runtime",
-    "firmware",
+    "firmware", "host",
 }
 
 
 @dataclass(frozen=True)
 class Node:
     name: str
+    # What SSH connects to: the static IPv4 address, or for a DHCP node the name it is
+    # found by (`host`, by default NAME.local) until `addresses.resolve` puts the address
+    # it was found at here.
     address: str
     role: Role
     module: Module
@@ -163,6 +168,23 @@ class Node:
     # The board's QSPI/UEFI firmware release where known (`nvbootctrl dump-slots-info`):
     # a card of a newer L4T major does not boot on older firmware.
     firmware: L4TRelease | None = None
+    dhcp: bool = False  # the card asks for its address; fleetimg finds it by name or lease
+    # A DHCP node's name on the network (`host`, by default NAME.local): what other nodes
+    # and the cards name it by, whatever address it was found at.
+    host: str | None = None
+
+    @property
+    def reach(self) -> str:
+        """How cards and configuration files name the node: its static address, or for a
+        DHCP node its host name (a found address is only good until the lease changes)."""
+        return self.host if self.dhcp and self.host else self.address
+
+    @property
+    def known_as(self) -> tuple[str, int]:
+        """The host and port its key is kept under in known_hosts: a DHCP node's own name
+        (ssh's HostKeyAlias, which takes no port), since its address changes; else its
+        address and port."""
+        return (self.name, 22) if self.dhcp else (self.address, self.port)
 
 
 @dataclass(frozen=True)
@@ -200,6 +222,9 @@ class Fleet:
     # key from [sdcard] internal_ssh_key at ~/.ssh/id_ed25519 on every node), "agent"
     # (the workstation's forwarded ssh-agent) or None (no relays).
     relay_auth: RelayAuth | None = None
+    # A dnsmasq leases file that names DHCP nodes' addresses (the lab's, or a router's
+    # copied over); None: DHCP nodes are found by name only.
+    leases: Path | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -447,7 +472,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) 
     return Fleet(name=d.name, path=path, subnet=d.subnet, gateway=d.gateway, dns=d.dns,
                  known_hosts=d.known_hosts, nodes=tuple(nodes),
                  groups={g: tuple(members) for g, members in seen.groups.items()},
-                 sdcard=sdcard, relay_auth=d.relay_auth)
+                 sdcard=sdcard, relay_auth=d.relay_auth, leases=d.leases)
 
 
 @dataclass(frozen=True)
@@ -466,6 +491,8 @@ class _FleetDefaults:
     subnet: ipaddress.IPv4Network | None
     gateway: ipaddress.IPv4Address | None
     dns: tuple[str, ...]
+    dhcp: bool = False  # [fleet] address = "dhcp": nodes without an address use DHCP
+    leases: Path | None = None
 
 
 @dataclass
@@ -495,7 +522,17 @@ def _fleet_defaults(fleet_t: Mapping[str, Any], base_dir: Path, p: _Problems) ->
         subnet=subnet,
         gateway=_gateway(fleet_t, subnet, p),
         dns=_dns(fleet_t, p),
+        dhcp=_fleet_dhcp(fleet_t, p),
+        leases=_path(fleet_t.get("leases"), base_dir, "fleet.leases", p, must_exist=False),
     )
+
+
+def _fleet_dhcp(fleet_t: Mapping[str, Any], p: _Problems) -> bool:
+    text = _str(fleet_t.get("address"), "fleet.address", p)
+    if text is not None and text != DHCP:
+        p.add("fleet.address", f"{text!r}: only \"dhcp\" (nodes without an address of "
+              "their own use DHCP); static addresses go on each [[nodes]]")
+    return text == DHCP
 
 
 def _fleet_name(value: Any, p: _Problems) -> str:
@@ -562,7 +599,7 @@ def _node(raw: Any, i: int, d: _FleetDefaults, seen: _Seen, base_dir: Path,
     where = f"node {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"nodes[{i}]"
     _check_keys(raw, NODE_KEYS, where, p)
     name = _node_name(raw, i, where, seen, p)
-    address = _node_address(raw, where, d, seen, p)
+    address, dhcp = _node_address(raw, where, d, seen, p)
     role = _enum(Role, raw.get("role", "worker"), f"{where}.role", p)
     module = _node_module(raw, where, p)
     node_groups = _node_groups(raw, where, name, seen, p)
@@ -584,7 +621,7 @@ def _node(raw: Any, i: int, d: _FleetDefaults, seen: _Seen, base_dir: Path,
         return None
     return Node(name=name, address=address, role=role, module=module, user=user,
                 ssh_key=key, port=port, l4t=l4t, runtime=runtime, groups=tuple(node_groups),
-                firmware=firmware)
+                firmware=firmware, dhcp=dhcp, host=address if dhcp else None)
 
 
 def _node_name(raw: Mapping[str, Any], i: int, where: str, seen: _Seen,
@@ -606,17 +643,32 @@ def _node_name(raw: Mapping[str, Any], i: int, where: str, seen: _Seen,
 
 
 def _node_address(raw: Mapping[str, Any], where: str, d: _FleetDefaults, seen: _Seen,
-                  p: _Problems) -> str | None:
+                  p: _Problems) -> tuple[str | None, bool]:
+    """The address SSH connects to, and whether the node uses DHCP."""
     text = _str(raw.get("address"), f"{where}.address", p)
+    host = _str(raw.get("host"), f"{where}.host", p)
+    if text == DHCP or (text is None and "address" not in raw and d.dhcp):
+        name = raw.get("name")
+        found_by = host or (f"{name}.local" if isinstance(name, str) else None)
+        if host is not None and not all(_LABEL_RE.match(label) for label in host.split(".")):
+            p.add(f"{where}.host", f"{host!r} is not a host name (e.g. node2.local)")
+        if found_by is not None and found_by in seen.addresses:
+            p.add(f"{where}.host", f"{found_by} is also used by {seen.addresses[found_by]}")
+        if found_by is not None:
+            seen.addresses[found_by] = where
+        return found_by, True
+    if host is not None:
+        p.add(f"{where}.host", "only for address = \"dhcp\": a static node is reached at "
+              "its address")
     if text is None:
         if "address" not in raw:
-            p.add(f"{where}.address", "missing")
-        return None
+            p.add(f"{where}.address", "missing (an IPv4 address, or \"dhcp\")")
+        return None, False
     try:
         addr = ipaddress.IPv4Address(text)
     except ValueError:
-        p.add(f"{where}.address", f"not an IPv4 address: {text!r}")
-        return None
+        p.add(f"{where}.address", f"not an IPv4 address or \"dhcp\": {text!r}")
+        return None, False
     subnet = d.subnet
     if subnet is not None and addr not in subnet:
         p.add(f"{where}.address", f"{addr} is outside the subnet {subnet}")
@@ -628,7 +680,7 @@ def _node_address(raw: Mapping[str, Any], where: str, d: _FleetDefaults, seen: _
     if address in seen.addresses:
         p.add(f"{where}.address", f"{addr} is also used by {seen.addresses[address]}")
     seen.addresses[address] = where
-    return address
+    return address, False
 
 
 def _node_module(raw: Mapping[str, Any], where: str, p: _Problems) -> Module | None:

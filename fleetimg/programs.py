@@ -45,6 +45,7 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "docker-registry": "docker-registry",
     "mformat": "mtools",
     "mcopy": "mtools",
+    "dnsmasq": "dnsmasq-base",
 }
 
 

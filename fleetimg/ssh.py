@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fleetimg import programs, stop
+from fleetimg import knownhosts, programs, stop
 from fleetimg.errors import CommandError, ConnectionFailed, HostKeyChanged, UsageError
 from fleetimg.inventory import Node
 from fleetimg.paths import control_dir
@@ -70,6 +70,10 @@ class Ssh:
             "-o", "LogLevel=ERROR",
             "-p", str(node.port),
         ]
+        if node.dhcp:
+            # A DHCP board's address changes with its lease, and a lease can go to another
+            # board: its key is kept under its name, which stays.
+            argv += ["-o", f"HostKeyAlias={node.name}"]
         if node.ssh_key is not None:
             argv += ["-i", str(node.ssh_key), "-o", "IdentitiesOnly=yes"]
         if o.forward_agent:
@@ -130,7 +134,8 @@ class Ssh:
                 "connected; refusing to connect",
                 hint=(
                     "if the board was reflashed or replaced, forget the old key with "
-                    f"`ssh-keygen -f {kh} -R {node.address}` and run again; otherwise "
+                    f"`ssh-keygen -f {kh} -R {knownhosts.host_pattern(*node.known_as)}` "
+                    "and run again; otherwise "
                     "someone else may be answering at that address"
                 ),
             )
@@ -140,6 +145,11 @@ class Ssh:
                 hint=f"check user and ssh_key in the inventory; test with "
                 f"`ssh -i KEY {node.user}@{node.address}`",
             )
+        if node.dhcp and "Could not resolve hostname" in text:
+            return ConnectionFailed(
+                f"{node.name}: not found: no lease names it and nothing answers for "
+                f"{node.address}", hint="is the board powered and on the network? `fleetimg "
+                "nodes` shows where fleetimg looked; [fleet] leases names a dnsmasq leases file")
         return ConnectionFailed(
             f"{node.name} ({node.address}:{node.port}): cannot connect: {last}",
             hint=f"is the board powered and on the network? try `ping {node.address}`",

@@ -16,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(docker.io containerd qemu-user-static binfmt-support debootstrap e2fsprogs gdisk
           openssh-client openssh-server iproute2 zstd pigz python3-venv python3-pip
           bmap-tools ca-certificates tar xz-utils unzip util-linux docker-registry
-          systemd-container mtools)
+          systemd-container mtools dnsmasq-base)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -305,7 +305,8 @@ def _pin_new_host_keys(ssh: Ssh, at: Node) -> None:
     if not keys:
         raise FleetimgError(f"{at.name}: no SSH host keys after the reset",
                             hint="look at the board: ssh-keygen -A should have made them")
-    knownhosts.pin(ssh.options.known_hosts, at.address, keys, at.port)
+    host, port = at.known_as
+    knownhosts.pin(ssh.options.known_hosts, host, keys, port)
     ssh.disconnect(at)
 
 

@@ -62,13 +62,20 @@ def move(ssh: Ssh, at: Node, to: Node, writes: ChangeSet, facts: BoardFacts, *,
         raise FleetimgError("internal: the NetworkManager keyfile has no uuid")
     device = to.module.ethernet
     old_uuid = facts.active.get(device, "")
+    if to.dhcp and not at.dhcp:
+        # The confirmation comes from the new address, and a lease not yet given has none.
+        raise FleetimgError(
+            f"{to.name}: apply does not move a running board from a static address to DHCP",
+            hint="write its card with `fleetimg sdcard`, or keep its static address in "
+            "fleet.toml")
     kh = ssh.options.known_hosts
-    if to.address != at.address:
-        keys = knownhosts.keys_for(kh, at.address, at.port)
+    if to.known_as != at.known_as:
+        keys = knownhosts.keys_for(kh, *at.known_as)
         if not keys:
             raise FleetimgError(f"{to.name}: no host key recorded for {at.address}",
                                 hint="run `fleetimg nodes probe` first")
-        knownhosts.pin(kh, to.address, keys, to.port)
+        host, port = to.known_as
+        knownhosts.pin(kh, host, keys, port)
     run_steps(ssh, at, [sh("net_try", seconds, device, new_uuid, old_uuid, *NETWORK_PATHS)],
               writes.files)
     start = time.monotonic()

@@ -109,7 +109,7 @@ def build(app: AppContext, target: str, l4t: str | None, selection: str | None, 
     t = load_target(target)
     nodes: tuple[Node, ...] = ()
     if selection is not None or (l4t is None and app.inventory_path.exists()):
-        nodes = app.fleet().select(selection or "all-nodes")
+        nodes = app.fleet(resolve=False).select(selection or "all-nodes")
     probed = probed_releases(app.ssh(), nodes) if probe and nodes else {}
     plans = plan_builds(t, nodes, l4t=l4t, directory=Path(str(t.directory)), probed=probed,
                         all_releases=all_releases, tags=tags, base=base, standin=standin,

@@ -63,7 +63,7 @@ def manifests_cmd(app: AppContext, target: str, selection: str, image_ref: str |
     """
     options = ManifestOptions(target=target, image=image_ref, images_dir=images_dir,
                               weights=weights, synthetic=synthetic, models_dir=models_dir)
-    docs = manifests(app.fleet().select(selection), options)
+    docs = manifests(app.fleet(resolve=False).select(selection), options)
     validate(docs, k8s_version)
     text = to_yaml(docs)
     if output is None:

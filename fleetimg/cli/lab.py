@@ -43,13 +43,21 @@ def lab() -> None:
               help="A node that plays another board, e.g. node3=R36.4.3/orin-nano: its "
               "release file, device tree, firmware and port name say so (repeatable; one lab "
               "can mix families).")
+@click.option("--dhcp", is_flag=True,
+              help="Card nodes get address = \"dhcp\": a dnsmasq on the lab's network hands "
+              "out their addresses, and fleetimg finds them by lease ([fleet] leases) or by "
+              "multicast DNS (NAME.local).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def up(nodes: int, l4t: str, module: str, subnet: str, name: str, directory: Path | None,
-       card_nodes: int, boards: tuple[str, ...], as_json: bool) -> None:
+       card_nodes: int, boards: tuple[str, ...], dhcp: bool, as_json: bool) -> None:
     """Start (or update) the lab fleet and write its fleet.toml. Idempotent."""
+    if dhcp and not card_nodes:
+        raise UsageError("--dhcp is for card nodes, and this lab has none",
+                       hint="add --card-nodes N (boards booted with `fleetimg lab boot`)")
     config = LabConfig(name=name, nodes=nodes, l4t=L4TRelease.parse(l4t), module=module,
                        subnet=subnet, directory=directory, card_nodes=card_nodes,
-                       boards=tuple(parse_board(b) for b in boards))
+                       boards=tuple(parse_board(b) for b in boards),
+                       dhcp_cards=card_nodes if dhcp else 0)
     fleet = lab_up(config, on_step=_step)
     if as_json:
         emit_json({"name": name, "inventory": str(config.fleet_file),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from fleetimg import addresses
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
 from fleetimg.cli.render import (
     emit_json,
@@ -13,6 +14,7 @@ from fleetimg.cli.render import (
     render_outcomes,
     table,
 )
+from fleetimg.inventory import Node
 from fleetimg.parallel import NodeOutcome
 from fleetimg.probe import NodeProbe, probe_fleet
 
@@ -25,10 +27,14 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     app: AppContext = ctx.obj
-    fleet = app.fleet()
+    fleet = app.fleet(resolve=False)
+    # DHCP nodes are looked for (lease, multicast DNS): the list says where they are now.
+    found = {loc.node: loc for loc in addresses.locate(fleet, fleet.nodes)}
     if as_json:
         emit_json([
-            {"name": n.name, "address": n.address, "port": n.port, "role": n.role.value,
+            {"name": n.name, "address": found[n.name].address, "dhcp": n.dhcp,
+             "host": n.host, "found_by": _found_by(found[n.name]),
+             "port": n.port, "role": n.role.value,
              "module": n.module.name, "user": n.user, "l4t": str(n.l4t),
              "runtime": n.runtime.value, "groups": list(n.groups)}
             for n in fleet.nodes
@@ -38,9 +44,26 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
                f" (gateway {fleet.gateway or '-'})")
     click.echo(table(
         ["NAME", "ADDRESS", "ROLE", "MODULE", "L4T", "RUNTIME", "GROUPS"],
-        [[n.name, n.address, n.role.value, n.module.name, n.l4t, n.runtime.value,
-          ",".join(n.groups)] for n in fleet.nodes],
+        [[n.name, _address_cell(n, found[n.name]), n.role.value, n.module.name, n.l4t,
+          n.runtime.value, ",".join(n.groups)] for n in fleet.nodes],
     ))
+    for n in fleet.nodes:
+        if n.dhcp and found[n.name].address is None:
+            click.echo(f"{click.style('warn', fg='yellow')} {n.name}: not found (tried "
+                       f"{'; '.join(found[n.name].tried)}); hint: is it powered and on the "
+                       "network? [fleet] leases names a dnsmasq leases file")
+
+
+def _found_by(loc: addresses.Located) -> str | None:
+    return loc.found_by.value if loc.found_by else None
+
+
+def _address_cell(node: Node, loc: addresses.Located) -> str:
+    if not node.dhcp:
+        return node.address
+    if loc.address is None:
+        return f"dhcp: {node.reach} not found"
+    return f"dhcp: {loc.address} ({_found_by(loc)})"
 
 
 @nodes.command()

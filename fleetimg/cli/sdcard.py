@@ -139,7 +139,7 @@ def sdcard(app: AppContext, target: Path | None, node: str | None, image: Path |
     if list_only:
         _print_drives(as_json)
         return
-    fleet = app.fleet()
+    fleet = app.fleet(resolve=False)
     pairs = [(fleet.node(n), t) for n, t in _pairs(node, target, nodes, devices)]
     src = image or fleet.sdcard.image
     if src is None:

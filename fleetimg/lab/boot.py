@@ -25,7 +25,7 @@ from pathlib import Path
 import docker
 from docker.errors import NotFound
 
-from fleetimg import knownhosts, programs
+from fleetimg import addresses, knownhosts, programs
 from fleetimg.errors import FleetimgError, LabError
 from fleetimg.inventory import Fleet, Node
 from fleetimg.paths import state_dir
@@ -131,7 +131,7 @@ def _bridge(network: str) -> str:
 def _forget_host_key(fleet: Fleet, node: Node) -> None:
     # A card boots with host keys made on its first boot: in the lab, every card booted for
     # a node is a re-flashed board, so the lab's known_hosts forgets the old key.
-    knownhosts.forget(fleet.known_hosts, node.address, node.port)
+    knownhosts.forget(fleet.known_hosts, *node.known_as)
 
 
 def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:
@@ -146,6 +146,17 @@ def _wait_for_ssh(address: str, pid: int, timeout: float) -> bool:
                 return True
         time.sleep(0.3)
     return False
+
+
+def _wait_for_lease(fleet: Fleet, node: Node, pid: int, timeout: float) -> str | None:
+    """A DHCP card's address, once its lease (or its multicast DNS answer) names it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and programs.pid_alive(pid):
+        found = addresses.locate(fleet, [node])[0].address
+        if found is not None:
+            return found
+        time.sleep(0.5)
+    return None
 
 
 def _first_failed_unit(console: str) -> str | None:
@@ -226,12 +237,23 @@ def boot_card(fleet: Fleet, lab_name: str, card: Path, *, timeout: float = BOOT_
                 stdin=None, stdout=console, stderr=console, detach=True)
         state = BootedCard(**{**asdict(state), "pid": proc.pid})
         state_path.write_text(json.dumps(asdict(state)))
-        if not _wait_for_ssh(node.address, proc.pid, timeout):
+        started = time.monotonic()
+        if node.dhcp:
+            leased = _wait_for_lease(fleet, node, proc.pid, timeout)
+            if leased is None:
+                raise LabError(f"{node.name} took no DHCP lease within {timeout:.0f} s",
+                               hint=f"the card's console is in {state.console}; the lab's "
+                               "dnsmasq logs beside its fleet.toml")
+            on_step(f"{node.name} leased {leased}")
+            state = BootedCard(**{**asdict(state), "address": leased})
+            state_path.write_text(json.dumps(asdict(state)))
+        if not _wait_for_ssh(state.address, proc.pid,
+                             max(5.0, timeout - (time.monotonic() - started))):
             text = Path(state.console).read_text(errors="replace")
             failed = _first_failed_unit(text)
             tail = " / ".join(ln.strip() for ln in text.splitlines()[-4:] if ln.strip())
             raise LabError(
-                f"{node.name} did not answer SSH at {node.address} within {timeout:.0f} s"
+                f"{node.name} did not answer SSH at {state.address} within {timeout:.0f} s"
                 + (f"; first failed unit: {failed}" if failed else "")
                 + f"; console: {tail}",
                 hint=f"the whole console is in {state.console}")

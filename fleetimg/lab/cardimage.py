@@ -2,7 +2,7 @@
 
 The GPT layout is the Jetson-like test image's (`lab/testimage.py`); APP holds Debian
 bookworm amd64 from Debian's mirror (systemd, NetworkManager, openssh-server, sudo,
-docker.io) with JetPack's first-boot machinery as stand-ins (`jetpack_standins.py`).
+docker.io, avahi-daemon) with JetPack's first-boot machinery as stand-ins (`jetpack_standins.py`).
 `fleetimg sdcard` personalises it like NVIDIA's image and `fleetimg lab boot` boots it.
 
 The root filesystem is built once by debootstrap and kept as a Docker image (nothing is
@@ -31,6 +31,8 @@ PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "libpam-systemd", "network-manager",
     "openssh-server", "sudo", "docker.io", "containerd", "iproute2", "iptables", "zstd",
     "pigz", "procps", "gawk", "ca-certificates", "util-linux", "e2fsprogs", "gdisk", "kmod",
+    # NVIDIA's desktop image is Ubuntu desktop, which brings these: NAME.local answers.
+    "avahi-daemon", "libnss-mdns",
 )
 IMAGE_REPO = "fleetimg/lab-card"
 IMAGE_FORMAT = "1"  # bump when the build steps below change

@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ log = logging.getLogger("fleetimg.lab")
 LABEL = "io.fleetimg.lab"
 DEFAULT_SUBNET = "172.29.213.0/24"
 DEFAULT_L4T = L4TRelease(32, 7, 1)
+DHCP_LEASES = "dnsmasq.leases"  # in the lab's directory
 
 # What works here instead of --privileged (which fails with "unable to apply caps"):
 # docs/lab-machines.md.
@@ -65,6 +68,12 @@ class LabConfig:
     # Nodes that play another board than the rest: {index: (release, module)}, e.g. an Orin
     # Nano on R36.4.3 beside Nanos on R32.7.1 (one lab, two families).
     boards: tuple[tuple[int, L4TRelease, str], ...] = ()
+    # The last this many card nodes ask for their address by DHCP: a dnsmasq on the lab's
+    # network hands them out and keeps the leases fleet.toml names ([fleet] leases).
+    dhcp_cards: int = 0
+
+    def uses_dhcp(self, index: int) -> bool:
+        return index > self.nodes + self.card_nodes - self.dhcp_cards
 
     def board_of(self, index: int) -> LabBoard:
         for i, release, module in self.boards:
@@ -97,6 +106,17 @@ class LabConfig:
     @property
     def gateway(self) -> str:
         return str(ipaddress.IPv4Network(self.subnet).network_address + 1)
+
+    @property
+    def dhcp_range(self) -> tuple[str, str]:
+        """The top quarter of the subnet, far above the static nodes (.11 up to .74)."""
+        net = ipaddress.IPv4Network(self.subnet)
+        quarter = net.num_addresses // 4
+        return (str(net.broadcast_address - quarter), str(net.broadcast_address - 2))
+
+    @property
+    def leases(self) -> Path:
+        return self.dir / DHCP_LEASES
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,8 @@ def _validate(config: LabConfig) -> None:
         if not release.family_known:
             raise LabError(f"--board node{index}: {release} is not an L4T release fleetimg "
                            "knows", hint="e.g. R32.7.1, R35.4.1, R36.4.3")
+    if not 0 <= config.dhcp_cards <= config.card_nodes:
+        raise LabError(f"{config.dhcp_cards} DHCP card nodes of {config.card_nodes}")
     if not 0 <= config.card_nodes <= 16:
         raise LabError(f"--card-nodes {config.card_nodes}: 0 to 16")
     if not 1 <= config.nodes + config.card_nodes <= min(64, net.num_addresses - 12):
@@ -200,6 +222,8 @@ def _write_files(config: LabConfig) -> None:
         tomllib.assign("l4t", config.l4t),
         tomllib.assign("runtime", "docker"),
         tomllib.assign("relay_auth", "internal-key"),
+        *([tomllib.assign("leases", DHCP_LEASES, "the lab's dnsmasq: DHCP card nodes")]
+          if config.dhcp_cards else []),
         "",
         "[sdcard]",
         tomllib.assign("internal_ssh_key", True),
@@ -211,7 +235,7 @@ def _write_files(config: LabConfig) -> None:
         lines += [
             "[[nodes]]",
             tomllib.assign("name", f"node{i}"),
-            tomllib.assign("address", config.address(i)),
+            tomllib.assign("address", "dhcp" if config.uses_dhcp(i) else config.address(i)),
             tomllib.assign("role", "master" if i == 1 else "worker"),
             tomllib.assign("module", board.module),
             *([tomllib.assign("l4t", board.l4t)] if board.l4t != config.l4t else []),
@@ -248,6 +272,46 @@ def _ensure_network(client: docker.DockerClient, config: LabConfig) -> None:
             f"cannot create network {config.network} ({config.subnet}): {exc.explanation}",
             hint="choose a free subnet with --subnet (see `docker network ls`)",
         ) from exc
+
+
+def _dhcp_pid(config: LabConfig) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((config.dir / "dnsmasq.pid").read_text().strip())
+        if programs.pid_alive(pid):
+            return pid
+    return None
+
+
+def _ensure_dhcp(client: docker.DockerClient, config: LabConfig) -> None:
+    """dnsmasq as the lab network's DHCP server (no DNS): started once, kept by `lab up`
+    runs, stopped by `lab down`. Bound to the lab's bridge only, so it answers nothing
+    else on this machine."""
+    if _dhcp_pid(config) is not None:
+        return
+    programs.require_tool("dnsmasq")
+    net = client.networks.get(config.network)
+    bridge = f"br-{(net.id or '')[:12]}"
+    low, high = config.dhcp_range
+    netmask = str(ipaddress.IPv4Network(config.subnet).netmask)
+    programs.run([
+        "dnsmasq", "--conf-file=/dev/null", "--port=0", f"--interface={bridge}",
+        "--bind-interfaces", "--except-interface=lo", f"--dhcp-range={low},{high},{netmask},1h",
+        f"--dhcp-option=option:router,{config.gateway}", "--dhcp-authoritative",
+        f"--dhcp-leasefile={config.leases}", f"--pid-file={config.dir / 'dnsmasq.pid'}",
+        f"--log-facility={config.dir / 'dnsmasq.log'}", "--log-dhcp", "--user=root",
+    ], timeout=30)
+
+
+def _stop_dhcp(config: LabConfig) -> bool:
+    pid = _dhcp_pid(config)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while programs.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
 
 
 def _spec_hash(config: LabConfig, image: str, index: int) -> str:
@@ -364,6 +428,10 @@ def lab_up(config: LabConfig, on_step: Callable[[str], None] = lambda s: None) -
     image = ensure_node_image(client, on_step)
     _write_files(config)
     _ensure_network(client, config)
+    if config.dhcp_cards:
+        on_step(f"DHCP for card nodes: dnsmasq on {config.network} "
+                f"({' to '.join(config.dhcp_range)})")
+        _ensure_dhcp(client, config)
     on_step(f"starting {config.nodes} node(s) on {config.network} ({config.subnet})")
     for i in range(1, config.nodes + 1):
         _start_node(client, config, image, i)
@@ -439,6 +507,8 @@ def lab_down(
     for vol in client.volumes.list(filters={"name": f"fleetimg-{config.name}-node"}):
         vol.remove(force=True)
         removed.append(f"volume {vol.name}")
+    if _stop_dhcp(config):
+        removed.append(f"dnsmasq on {config.network}")
     try:
         client.networks.get(config.network).remove()
         removed.append(f"network {config.network}")

@@ -39,6 +39,12 @@ FIRSTBOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/fleetimg-firstboo
 K3S_AGENT_CERTS = ("/var/lib/rancher/k3s/agent/client-kubelet.crt",
                    "/var/lib/rancher/k3s/agent/serving-kubelet.crt")
 NM_KEYFILE = f"{NM_DIR}/fleetimg-wired.nmconnection"
+# A DHCP node's own /etc/hosts line, rewritten with the leased address on every lease.
+NM_DISPATCH_HOSTS = "/etc/NetworkManager/dispatcher.d/50-fleetimg-dhcp-hosts"
+DHCP_HOSTS_MARK = "# fleetimg: this node's leased address"
+# Present where avahi-daemon is installed (Ubuntu desktop, so NVIDIA's desktop image):
+# it answers multicast DNS for NAME.local.
+AVAHI_CONF = "/etc/avahi/avahi-daemon.conf"
 # The keys fleetimg manages sit between these lines of authorized_keys; the user's own keys
 # outside them are never touched (sshd ignores lines starting with #).
 KEYS_BEGIN = "# BEGIN fleetimg: keys from the fleet inventory (edit fleet.toml, not these lines)"
@@ -202,27 +208,67 @@ def overlay_parts(
 
 
 def _network_reads(s: SdcardSettings) -> tuple[str, ...]:
-    return ("/etc/hostname", "/etc/hosts", NM_DIR, NM_KEYFILE)
+    return ("/etc/hostname", "/etc/hosts", NM_DIR, NM_KEYFILE, NM_DISPATCH_HOSTS, AVAHI_CONF)
 
 
 def _network(ctx: _Context) -> Part:
     fleet, node = ctx.fleet, ctx.node
     # The node's own name resolves to its fleet address, not NVIDIA's 127.0.1.1: Gloo
     # (Horovod, torch.distributed) binds what its hostname resolves to (docs/first-boot.md).
-    fleet_hosts = "\n".join(f"{n.address}\t{n.name}" for n in fleet.nodes if n is not node)
+    # A DHCP node's address is known only on the board: a NetworkManager dispatcher script
+    # writes it on every lease; until then the line holds 127.0.1.1, as NVIDIA's does.
+    fleet_hosts = "\n".join(
+        f"{n.address}\t{n.name}" if not n.dhcp else f"# {n.name}: DHCP, reached as {n.reach}"
+        for n in fleet.nodes if n is not node)
     hosts = _template("hosts.tmpl").substitute(
-        hostname=node.name, address=node.address, fleet=fleet.name, fleet_hosts=fleet_hosts)
-    gw = f",{fleet.gateway}" if fleet.gateway else ""
-    dns = "".join(f"{d};" for d in fleet.dns) or (f"{fleet.gateway};" if fleet.gateway else "")
+        hostname=node.name, address=_leased_self(ctx.fs) if node.dhcp else node.address,
+        fleet=fleet.name, fleet_hosts=fleet_hosts,
+        self_note=f"\t{DHCP_HOSTS_MARK}" if node.dhcp else "")
     # Bound to the module's own port: eth0 on Nano/TX2/Xavier/AGX Orin, enP8p1s0 (a PCIe
     # NIC) on the Orin Nano/NX devkits.
-    keyfile = _template("nm-wired.nmconnection.tmpl").substitute(
-        uuid=_keyfile_uuid(ctx.fs), address=node.address, prefix=fleet.subnet.prefixlen,
-        gateway_suffix=gw, dns=dns, interface=node.module.ethernet)
-    return Part(concern=Concern.NETWORK, files=(
-        FileSpec("/etc/hostname", f"{node.name}\n".encode()),
-        FileSpec("/etc/hosts", hosts.encode()),
-        FileSpec(NM_KEYFILE, keyfile.encode(), mode=0o600)))
+    if node.dhcp:
+        # The lease is asked for under the node's name, so a router or dnsmasq that
+        # registers DHCP names (and its leases file) knows it by that name.
+        keyfile = _template("nm-dhcp.nmconnection.tmpl").substitute(
+            uuid=_keyfile_uuid(ctx.fs), hostname=node.name, interface=node.module.ethernet)
+    else:
+        gw = f",{fleet.gateway}" if fleet.gateway else ""
+        dns = "".join(f"{d};" for d in fleet.dns) or (f"{fleet.gateway};" if fleet.gateway
+                                                       else "")
+        keyfile = _template("nm-wired.nmconnection.tmpl").substitute(
+            uuid=_keyfile_uuid(ctx.fs), address=node.address, prefix=fleet.subnet.prefixlen,
+            gateway_suffix=gw, dns=dns, interface=node.module.ethernet)
+    files = [FileSpec("/etc/hostname", f"{node.name}\n".encode()),
+             FileSpec("/etc/hosts", hosts.encode()),
+             FileSpec(NM_KEYFILE, keyfile.encode(), mode=0o600)]
+    remove: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    if node.dhcp:
+        # NetworkManager runs only root-owned scripts that others cannot write (0755).
+        files.append(FileSpec(NM_DISPATCH_HOSTS, _resource("fleetimg-dhcp-hosts.sh"),
+                              mode=0o755))
+        if node.reach.endswith(".local") and ctx.fs.stat(AVAHI_CONF) is None:
+            notes = (f"{node.name} uses DHCP and is found as {node.reach}, but this image has "
+                     "no avahi-daemon to answer for it (NVIDIA's minimal root filesystem "
+                     "has none): set [fleet] leases, or host = a name your DNS knows",)
+    elif ctx.fs.stat(NM_DISPATCH_HOSTS) is not None:
+        remove = (NM_DISPATCH_HOSTS,)
+    return Part(concern=Concern.NETWORK, files=tuple(files), remove=remove, notes=notes)
+
+
+def _leased_self(fs: RootFs) -> str:
+    """The address the dispatcher script last wrote on the node's own line (so a board's
+    lease is not a change to undo), else 127.0.1.1."""
+    for line in (fs.read_text("/etc/hosts") or "").splitlines():
+        fields = line.split()
+        if DHCP_HOSTS_MARK in line and fields and _is_ipv4(fields[0]):
+            return fields[0]
+    return "127.0.1.1"
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 def keyfile_uuid(text: str) -> str | None:
@@ -494,7 +540,7 @@ def _k3s(ctx: _Context) -> Part:
         token = s.k3s_token_file.read_text().strip()
         lines = [f"node-name: {node.name}", f"token: {token}"]
         if node.role is Role.WORKER:
-            server = s.k3s_server or f"https://{ctx.fleet.masters[0].address}:6443"
+            server = s.k3s_server or f"https://{ctx.fleet.masters[0].reach}:6443"
             lines.insert(0, f"server: {server}")
         dirs.append(DirSpec("/etc/rancher/k3s"))
         files.append(FileSpec("/etc/rancher/k3s/config.yaml",

@@ -219,8 +219,16 @@ def _b64(text: str) -> str:
 
 def known_host_lines(known_hosts: Path, nodes: Sequence[Node]) -> list[str]:
     """The workstation's verified host keys for these nodes, for the relays' strict check."""
-    return [line for node in nodes
-            for line in knownhosts.entries(known_hosts, node.address, node.port)]
+    lines = []
+    for node in nodes:
+        if node.dhcp:
+            # Kept under the node's name (HostKeyAlias); a relay connects to its address.
+            at = knownhosts.host_pattern(node.address, node.port)
+            lines += [f"{at} {key}" for key in knownhosts.keys_for(known_hosts,
+                                                                     *node.known_as)]
+        else:
+            lines += knownhosts.entries(known_hosts, node.address, node.port)
+    return lines
 
 
 def build_table(members: Sequence[NodePlan], parents: Mapping[str, str | None],

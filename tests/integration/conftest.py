@@ -100,6 +100,21 @@ def cards_lab(tmp_path_factory: pytest.TempPathFactory,
     lab_down(config)
 
 
+# A lab of one DHCP card: its own network and dnsmasq, so the shared cards lab stays static.
+DHCP_SUBNET = os.environ.get("FLEETIMG_ITEST_DHCP_SUBNET", "172.29.221.0/24")
+
+
+@pytest.fixture(scope="session")
+def dhcp_lab(tmp_path_factory: pytest.TempPathFactory,
+             docker_client: docker.DockerClient) -> Iterator[tuple[LabConfig, Fleet]]:
+    config = LabConfig(name=f"{LAB_NAME}-dhcp", nodes=0, card_nodes=1, dhcp_cards=1,
+                       subnet=DHCP_SUBNET, directory=tmp_path_factory.mktemp("dhcp-lab"))
+    lab_down(config)
+    fleet = lab_up(config)
+    yield config, fleet
+    lab_down(config)
+
+
 @pytest.fixture(scope="session")
 def bootable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bootable_card(tmp_path_factory.mktemp("bootable") / "bootable.img",

@@ -118,6 +118,15 @@ def k3s_fleet(fleet: Fleet) -> Fleet:
     return dataclasses.replace(fleet, nodes=nodes)
 
 
+def dhcp_node(fleet: Fleet, index: int) -> tuple[Fleet, Node]:
+    """The fleet with its node `index` on DHCP (address = "dhcp", found as NAME.local)."""
+    node = fleet.nodes[index]
+    dhcp = dataclasses.replace(node, dhcp=True, address=f"{node.name}.local",
+                               host=f"{node.name}.local")
+    nodes = tuple(dhcp if n is node else n for n in fleet.nodes)
+    return dataclasses.replace(fleet, nodes=nodes), dhcp
+
+
 def with_settings(fleet: Fleet, **settings: object) -> Fleet:
     return dataclasses.replace(fleet, sdcard=dataclasses.replace(fleet.sdcard, **settings))
 
@@ -248,9 +257,10 @@ def _combinations(fleet: Fleet) -> Iterator[tuple[str, Fleet, Node, Members, str
             settings, roots.items(), (False, True), ("R32.7.1", "R35.4.1", "R36.4.3"),
             (False, True)):
         f = with_settings(k3s_fleet(fleet) if k3s else fleet, **s)
-        for node in f.nodes[:2]:  # a master and a worker where K3s
-            yield (f"{root_name} {release} k3s={k3s} reset={reset} {s}", f, node, members,
-                   release, reset)
+        # A master and a worker where K3s, and the worker again on DHCP.
+        for g, node in ((f, f.nodes[0]), (f, f.nodes[1]), dhcp_node(f, 1)):
+            yield (f"{root_name} {release} k3s={k3s} reset={reset} dhcp={node.dhcp} {s}", g,
+                   node, members, release, reset)
 
 
 def test_the_read_set_covers_every_path_the_model_reads_or_writes(fleet: Fleet) -> None:
@@ -267,7 +277,7 @@ def test_the_read_set_covers_every_path_the_model_reads_or_writes(fleet: Fleet) 
             assert not uncovered, (label, p.concern, uncovered)
             plan_part(p, fs)  # compares every entry with the board: reads them all
         count += 1
-    assert count == 2 * 3 * 2 * 2 * 2 * 5 * 2 * 3 * 2 * 2
+    assert count == 3 * 3 * 2 * 2 * 2 * 5 * 2 * 3 * 2 * 2
 
 
 def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
