@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Sequence
 
 import click
 from tqdm import tqdm
@@ -17,13 +18,14 @@ from fleetimg.cli.render import (
     render_outcomes,
     table,
 )
-from fleetimg.inventory import RelayAuth
+from fleetimg.inventory import Node, RelayAuth
 from fleetimg.localimage import docker_client
 from fleetimg.parallel import NodeOutcome
 from fleetimg.push.engine import (
     Delivery,
     FleetPlan,
     FleetReport,
+    ImagePlan,
     PushOptions,
     execute_fleet_push,
     plan_fleet_push,
@@ -31,6 +33,12 @@ from fleetimg.push.engine import (
 from fleetimg.push.plan import Action, CodecName, NodePlan
 from fleetimg.push.relay import NODE_KEY_PATH, Fanout, FanoutMode, check_auth, require_agent
 from fleetimg.push.transfer import NodeResult, Progress, ResultAction
+from fleetimg.push.viaregistry import (
+    FROM_REGISTRY,
+    RegistryPushPlan,
+    execute_registry_push,
+    plan_registry_push,
+)
 
 
 @click.command()
@@ -72,10 +80,8 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     fleet = app.fleet()
     nodes = fleet.select(selection)
     if via == "registry":
-        from fleetimg.cli.registry import push_via_registry
-
-        push_via_registry(app, image, nodes, parallel=parallel, dry_run=dry_run,
-                          as_json=as_json)
+        _push_via_registry(app, image, nodes, parallel=parallel, dry_run=dry_run,
+                           quiet=quiet, as_json=as_json)
         return
     fanout = Fanout.parse(fanout_text)
     auth = RelayAuth(relay_auth) if relay_auth else fleet.relay_auth
@@ -105,6 +111,43 @@ def push(app: AppContext, image: str, selection: str, via: str, parallel: int, c
     finally:
         bars.close()
     _render_report(plan, report, as_json)
+
+
+def _push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, parallel: int,
+                       dry_run: bool, quiet: bool, as_json: bool) -> None:
+    """The registry path, planned, shown and reported as the SSH path is."""
+    ssh = app.ssh()
+    rplan = plan_registry_push(ssh, docker_client(), image, nodes, parallel=parallel)
+    plan = rplan.fleet
+    if not as_json:
+        _echo_plan(plan, pulling=rplan.pulling)
+    if dry_run:
+        if as_json:
+            emit_json(_plan_json(plan, registry=rplan))
+        else:
+            click.echo("dry run: nothing sent")
+        if plan.refuses_any:
+            sys.exit(1)
+        return
+    enabled = not (quiet or as_json) and sys.stderr.isatty()
+    bar = tqdm(desc="pulled", total=len(rplan.pulling), unit="node", disable=not enabled)
+    lock = threading.Lock()
+
+    def pulled(p: NodePlan, got: int) -> None:
+        with lock:
+            bar.set_postfix_str(f"{p.node.name} {human_bytes(got)}")
+            bar.update(1)
+
+    def step(text: str) -> None:
+        if not as_json:
+            tqdm.write(text, file=sys.stderr)
+
+    try:
+        report = execute_registry_push(ssh, rplan, parallel=parallel, on_step=step,
+                                       on_pulled=pulled)
+    finally:
+        bar.close()
+    _render_report(plan, report, as_json, registry=rplan)
 
 
 class _Bars:
@@ -152,7 +195,8 @@ class _Bars:
         self.total.close()
 
 
-def _echo_plan(plan: FleetPlan) -> None:
+def _echo_plan(plan: FleetPlan, *, pulling: set[str] | None = None) -> None:
+    """`pulling`: with --via registry, the nodes that pull (their ACTION says so)."""
     for ip in plan.images:
         local = ip.image
         whom = (f" for {', '.join(p.node.name for p in ip.plans)}"
@@ -161,7 +205,9 @@ def _echo_plan(plan: FleetPlan) -> None:
                    f"L4T {local.l4t or 'unlabelled'}, {len(local.diff_ids)} layers, "
                    f"{human_bytes(local.size)}){whom}")
         click.echo(table(["NODE", "ACTION", "HAS", "SENDS", "BYTES", "CODEC", "WHY"],
-                         [_plan_row(p.node.name, p.value, p.error) for p in ip.plans]))
+                         [_plan_row(p.node.name, p.value, p.error,
+                                    pull=p.node.name in (pulling or set()))
+                          for p in ip.plans]))
         for group in ip.delivery.groups:
             click.echo("relay:")
             click.echo("\n".join(f"  {line}" for line in group.tree_lines()))
@@ -171,22 +217,33 @@ def _echo_plan(plan: FleetPlan) -> None:
         echo_failure(u.node.name, u.error)
 
 
-def _plan_json(plan: FleetPlan) -> dict[str, object]:
+def _plan_json(plan: FleetPlan, *,
+               registry: RegistryPushPlan | None = None) -> dict[str, object]:
     nodes: list[dict[str, object]] = []
+    pulling = registry.pulling if registry else set()
+
+    def planned(ip: ImagePlan, p: NodePlan) -> dict[str, object]:
+        if p.node.name in pulling:
+            return {**p.to_dict(), "action": "pull", "image": ip.image.ref,
+                    "from": FROM_REGISTRY}
+        return {**p.to_dict(), "image": ip.image.ref, "from": _source(ip.delivery, p.node.name)}
+
     for ip in plan.images:
-        nodes += [{**p.value.to_dict(), "image": ip.image.ref,
-                   "from": _source(ip.delivery, p.node.name)} if p.value else
+        nodes += [planned(ip, p.value) if p.value else
                   {"node": p.node.name, "action": "unreachable", "image": ip.image.ref,
                    "reason": p.error.message if p.error else ""} for p in ip.plans]
     nodes += [{"node": u.node.name, "action": "refuse", "image": None,
                "reason": u.error.message if u.error else ""} for u in plan.unassigned]
-    return {**_images_json(plan), "nodes": nodes}
+    return {**_images_json(plan, registry), "dry_run": True, "nodes": nodes}
 
 
-def _images_json(plan: FleetPlan) -> dict[str, object]:
-    """What the plan and the report both start with: the images, relays and notes."""
+def _images_json(plan: FleetPlan,
+                 registry: RegistryPushPlan | None = None) -> dict[str, object]:
+    """What the plan and the report both start with: the way, the images, relays, notes."""
     first = plan.images[0].image if plan.images else None
-    return {"image": first.ref if first else None, "id": first.id if first else None,
+    return {"via": "registry" if registry else "ssh",
+            "registry": registry.registry.url if registry else None,
+            "image": first.ref if first else None, "id": first.id if first else None,
             "images": [{"image": ip.image.ref, "id": ip.image.id,
                         "l4t": str(ip.image.l4t) if ip.image.l4t else None,
                         "nodes": [p.node.name for p in ip.plans]} for ip in plan.images],
@@ -194,7 +251,8 @@ def _images_json(plan: FleetPlan) -> dict[str, object]:
             "notes": [n for ip in plan.images for n in ip.delivery.notes]}
 
 
-def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
+def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool, *,
+                   registry: RegistryPushPlan | None = None) -> None:
     image_of = {p.node.name: ip.image.ref for ip in plan.images for p in ip.plans}
     results = report.results
 
@@ -204,7 +262,8 @@ def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
                 "error": r.error.message if r.error else None}
 
     def document(nodes: list[dict[str, object]]) -> dict[str, object]:
-        return {**_images_json(plan), "sent_bytes": report.sent_bytes, "nodes": nodes}
+        return {**_images_json(plan, registry), "dry_run": False,
+                "sent_bytes": report.sent_bytes, "nodes": nodes}
 
     def notes() -> None:
         for r in results:
@@ -217,7 +276,9 @@ def _render_report(plan: FleetPlan, report: FleetReport, as_json: bool) -> None:
         headers=["NODE", "RESULT", "FROM", "SENT", "LAYERS", "TIME", "CODEC"],
         after_table=notes,
         summary=f"{len(results) - len(report.failed)}/{len(results)} node(s) have {refs}; "
-                f"{human_bytes(report.sent_bytes)} sent from here")
+                + (f"{human_bytes(report.sent_bytes)} pulled from the registry at "
+                   f"{registry.registry.url}" if registry else
+                   f"{human_bytes(report.sent_bytes)} sent from here"))
 
 
 def _result_row(r: NodeOutcome[NodeResult]) -> list[object]:
@@ -245,10 +306,14 @@ def _from(result: NodeResult) -> str:
     return (result.via or "workstation") + ("*" if result.note else "")
 
 
-def _plan_row(name: str, plan: NodePlan | None, error: Exception | None) -> list[object]:
+def _plan_row(name: str, plan: NodePlan | None, error: Exception | None, *,
+              pull: bool = False) -> list[object]:
     if plan is None:
         return [name, ok_word(False, no="unreachable"), "-", "-", "-", "-",
                 str(error) if error else ""]
+    if pull:  # --via registry: the registry compresses; the node pulls what it lacks
+        return [name, ok_word(True, "pull"), plan.have_layers, plan.send_layers,
+                human_bytes(plan.send_bytes), "-", plan.reason]
     action = ok_word(plan.action is not Action.REFUSE, plan.action.value, plan.action.value)
     return [name, action, plan.have_layers, plan.send_layers, human_bytes(plan.send_bytes),
             plan.codec.name if plan.codec else "-", plan.reason]

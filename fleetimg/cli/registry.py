@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-
 import click
 
 from fleetimg.cli.context import TO_HELP, AppContext, pass_app
@@ -16,9 +13,7 @@ from fleetimg.cli.render import (
     render_outcomes,
     table,
 )
-from fleetimg.inventory import Node
 from fleetimg.push import registry as reg
-from fleetimg.push.viaregistry import execute_registry_push, plan_registry_push
 
 
 @click.group()
@@ -82,30 +77,3 @@ def configure(app: AppContext, selection: str, dry_run: bool, as_json: bool) -> 
                     to_json=lambda r: {"node": r.node.name, "ok": r.ok, "result": r.value,
                                        **error_json(r.error)},
                     json_document=lambda rows: {"dry_run": dry_run, "nodes": rows})
-
-
-def push_via_registry(app: AppContext, image: str, nodes: Sequence[Node], *, parallel: int,
-                      dry_run: bool, as_json: bool) -> None:
-    ssh = app.ssh()
-    plan = plan_registry_push(ssh, nodes, image, parallel=parallel)
-    if dry_run:
-        rows = [{"node": p.node.name, "action": plan.action(p),
-                 "why": p.value.reason if p.value else (p.error.message if p.error else "")}
-                for p in plan.nodes]
-        if as_json:
-            emit_json({"image": plan.image.ref, "via": plan.registry.url, "dry_run": True,
-                       "nodes": rows})
-        else:
-            click.echo(table(["NODE", "ACTION", "WHY"],
-                             [[r["node"], r["action"], r["why"]] for r in rows]))
-        return
-    results = execute_registry_push(ssh, plan, parallel=parallel)
-    if as_json:
-        emit_json({"image": plan.image.ref, "via": plan.registry.url, "dry_run": False,
-                   "nodes": [r.__dict__ for r in results]})
-    else:
-        click.echo(f"{plan.image.ref} pushed to {plan.registry.url}; nodes pulled in parallel")
-        click.echo(table(["NODE", "RESULT", "DETAIL"],
-                         [[r.node, ok_word(r.ok), r.detail] for r in results]))
-    if any(not r.ok for r in results):
-        sys.exit(1)

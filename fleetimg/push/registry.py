@@ -406,11 +406,3 @@ def pull_on_node(ssh: Ssh, plan: NodePlan, image: LocalImage, remote_ref: str) -
     ssh.run(node, f"{docker(d, 'tag', remote_ref, image.ref)} && "
             f"{docker(d, 'rmi', remote_ref)} >/dev/null", timeout=60)
     return "pulled"
-
-
-def pull_everywhere(ssh: Ssh, plans: list[NodePlan], image: LocalImage, remote_ref: str,
-                    parallel: int) -> list[NodeOutcome[str]]:
-    by_node = {p.node.name: p for p in plans}
-    return for_each_node([p.node for p in plans],
-                         lambda n: pull_on_node(ssh, by_node[n.name], image, remote_ref),
-                         parallel=parallel)

@@ -55,6 +55,7 @@ class ResultAction(str, Enum):
     TAGGED = "tagged"  # it had the image; the name was added
     LOADED = "loaded"  # into Docker
     IMPORTED = "imported"  # into K3s's containerd
+    PULLED = "pulled"  # from the workstation's registry (push --via registry)
 
 
 class ImageSource(str, Enum):

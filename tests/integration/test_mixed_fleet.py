@@ -13,7 +13,7 @@ from fleetimg.inventory import Fleet
 from fleetimg.l4t import L4TRelease
 from fleetimg.lab.manager import LabConfig, lab_down, lab_up
 from fleetimg.ssh import Ssh, SshOptions
-from tests.integration.conftest import LAB_NAME, fleetimg_json
+from tests.integration.conftest import LAB_NAME, fleetimg, fleetimg_json
 from tests.integration.images import build_app_image
 
 pytestmark = pytest.mark.integration
@@ -102,3 +102,33 @@ def test_a_target_with_no_image_for_a_nodes_family_refuses_that_node(
     assert by_node["node1"]["action"] == "send"
     assert by_node["node2"]["action"] == "refuse"
     assert "no only-r32 image runs on L4T R36.4.3 (built for R32.7.1)" in by_node["node2"]["reason"]
+
+
+def test_the_registry_path_gives_each_family_its_own_image(
+        mixed: Fleet, docker_client: docker.DockerClient) -> None:
+    inv = str(mixed.path)
+    r32 = build_app_image("fleetimg-test/regmix:r32.7.1", app="print(32)\n", l4t="R32.7.1",
+                          target="regmix")
+    r36 = build_app_image("fleetimg-test/regmix:r36.4.0", app="print(36)\n", l4t="R36.4.0",
+                          target="regmix")
+    proc = fleetimg("-i", inv, "registry", "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        proc = fleetimg("-i", inv, "registry", "configure")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        code, data = fleetimg_json("-i", inv, "push", "regmix", "--via", "registry",
+                                   timeout=600)
+        assert code == 0, data
+        assert isinstance(data, dict) and data["via"] == "registry"
+        assert [i["image"] for i in data["images"]] == [r32, r36] or \
+            [i["image"] for i in data["images"]] == [r36, r32]
+        by_node = {n["node"]: n for n in data["nodes"]}
+        assert (by_node["node1"]["image"], by_node["node1"]["action"]) == (r32, "pulled")
+        assert (by_node["node2"]["image"], by_node["node2"]["action"]) == (r36, "pulled")
+        ssh = Ssh(SshOptions(known_hosts=mixed.known_hosts))
+        for name, ref in (("node1", r32), ("node2", r36)):
+            got = ssh.run(mixed.node(name), f"docker image inspect --format '{{{{.Id}}}}' {ref}"
+                          ).stdout.strip()
+            assert got == docker_client.images.get(ref).id, name
+    finally:
+        fleetimg("registry", "down")

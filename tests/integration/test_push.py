@@ -189,11 +189,27 @@ def test_registry_end_to_end(lab_fleet: Fleet, ssh: Ssh,
         code, dry = fleetimg_json("-i", inv, "push", v4, "--via", "registry", "--dry-run")
         assert code == 0, dry
         assert isinstance(dry, dict) and dry["dry_run"] is True
-        assert [n["action"] for n in dry["nodes"]] == ["pull"] * 3
+        assert [(n["action"], n["from"]) for n in dry["nodes"]] == [("pull", "registry")] * 3
         code, data = fleetimg_json("-i", inv, "push", v4, "--via", "registry")
         assert code == 0, data
         assert isinstance(data, dict)
-        assert [n["detail"] for n in data["nodes"]] == ["pulled"] * 3
+        assert (data["via"], data["dry_run"]) == ("registry", False)
+        assert [(n["action"], n["via"], n["ok"]) for n in data["nodes"]] == [
+            ("pulled", "registry", True)] * 3
+        # What each node downloaded: the registry's compressed blobs of its missing layers.
+        assert all(n["sent_bytes"] > 0 for n in data["nodes"])
+        assert data["sent_bytes"] == sum(n["sent_bytes"] for n in data["nodes"])
+        # The SSH path's document, key for key, plan and report.
+        code, ssh_dry = fleetimg_json("-i", inv, "push", v4, "--dry-run")
+        assert isinstance(ssh_dry, dict) and ssh_dry["via"] == "ssh"
+        assert set(ssh_dry) == set(dry) and set(ssh_dry["nodes"][0]) == set(dry["nodes"][0])
+        code, again = fleetimg_json("-i", inv, "push", v4, "--via", "registry")
+        assert code == 0 and isinstance(again, dict)
+        assert [n["action"] for n in again["nodes"]] == ["skipped"] * 3
+        code, ssh_push = fleetimg_json("-i", inv, "push", v4)
+        assert isinstance(ssh_push, dict)
+        assert set(ssh_push) == set(again)
+        assert set(ssh_push["nodes"][0]) == set(again["nodes"][0])
         assert_every_node_has(ssh, lab_fleet, v4, docker_client.images.get(v4).id)
         code, status = fleetimg_json("registry", "status")
         assert code == 0
