@@ -188,7 +188,8 @@ LAB_COMPATIBLE = {
     "orin-nx": "nvidia,p3768-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234",
     "agx-orin": "nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234",
 }
-MODULE_TEGRA_BOARD = {"tx2": "t186ref", "xavier-nx": "t186ref", "agx-xavier": "t186ref"}
+MODULE_TEGRA_BOARD = {"tx2": "t186ref", "xavier-nx": "t186ref", "xavier-nx-emmc": "t186ref",
+                      "agx-xavier": "t186ref"}
 
 
 def orin_card_files(l4t_release: str) -> tuple[StandinFile, ...]:

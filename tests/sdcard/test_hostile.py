@@ -184,6 +184,8 @@ def test_a_module_on_a_release_it_never_ran_is_refused(
     ("agx-xavier", "R32.7.1", "has no SD card slot"),
     ("orin-nx", "R36.4.3", "has no SD card slot"),
     ("nano-emmc", "R32.7.1", "has no SD card slot"),
+    ("orin-nano-module", "R36.4.3", "has no SD card slot"),
+    ("xavier-nx-emmc", "R35.4.1", "has no SD card slot"),
     ("xavier-nx", "R32.7.1", "is built for Jetson Nano / TX1 (t210)"),
 ])
 def test_a_card_the_module_cannot_boot_is_refused(

@@ -114,7 +114,12 @@ def test_module_mismatch_is_reported(fleet: inventory.Fleet) -> None:
      ("nano-4gb", "nano-2gb")),
     ("nvidia,p3509-0000+p3767-0000 nvidia,p3767-0000 nvidia,tegra234", ("orin-nx",)),
     ("nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234", ("agx-orin",)),
-    ("nvidia,p3509-0000+p3668-0001 nvidia,tegra194", ("xavier-nx",)),
+    ("nvidia,p3509-0000+p3668-0001 nvidia,tegra194", ("xavier-nx-emmc",)),
+    ("nvidia,p3509-0000+p3668-0000 nvidia,tegra194", ("xavier-nx",)),
+    ("nvidia,p3768-0000+p3767-0005-super nvidia,p3767-0005 nvidia,tegra234", ("orin-nano",)),
+    ("nvidia,p3768-0000+p3767-0003-super nvidia,p3767-0003 nvidia,tegra234",
+     ("orin-nano-module",)),
+    ("nvidia,p3768-0000+p3767-0004 nvidia,p3767-0004 nvidia,tegra234", ("orin-nano-module",)),
     ("nvidia,p2771-0000 nvidia,p3310-1000 nvidia,tegra186", ("tx2",)),
     ("raspberrypi,4-model-b brcm,bcm2711", ()),
 ])
