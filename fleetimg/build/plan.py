@@ -13,7 +13,7 @@ from fleetimg import labels, programs
 from fleetimg.build.releases import ReleaseImages, images_for
 from fleetimg.build.targets import Target
 from fleetimg.errors import UsageError
-from fleetimg.inventory import Node
+from fleetimg.inventory import MODULES, Node
 from fleetimg.l4t import L4TRelease
 
 PLATFORM = "linux/arm64"
@@ -97,8 +97,14 @@ def _source_labels(directory: Path, target: Target) -> dict[str, str]:
     }
 
 
-# Every GPU fleetimg knows, for Horovod's CUDA code when no nodes are selected.
-ALL_CUDA_CC = ("5.3", "6.2", "7.2", "8.7")
+def release_capabilities(group: ReleaseGroup) -> set[str]:
+    """Without nodes, Horovod's CUDA code is compiled for every GPU whose module runs the
+    boards' release (or the images' release): R32 Nano, TX2 and Xavier; R36 Orin only. A
+    GPU no board of the release has would only cost compile time, and a toolkit may refuse
+    it (CUDA 13 dropped compute capabilities below 7.5)."""
+    releases = group.boards or (group.images.l4t,)
+    return {m.compute_capability for m in MODULES.values()
+            if any(m.supports(r) for r in releases)}
 
 
 def _cc_order(capability: str) -> tuple[int, ...]:
@@ -127,7 +133,7 @@ def plan_build(
     default_capability = "8.7" if images.l4t.major >= 36 else "5.3"
     selected = {n.module.compute_capability for n in group.nodes}
     capability = min(selected, default=default_capability, key=_cc_order)
-    ccs = sorted(selected or set(ALL_CUDA_CC), key=_cc_order)
+    ccs = sorted(selected or release_capabilities(group), key=_cc_order)
     without_cuda = cpu_only or standin
     computed = {
         "HOROVOD_CUDA": "none" if without_cuda else "required",

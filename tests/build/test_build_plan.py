@@ -258,8 +258,12 @@ def test_horovod_is_built_with_cuda_unless_asked_for_a_cpu_base(tmp_path: Path) 
     gpu = plan_for("horovod", "R35.4.1", tmp_path)
     assert gpu.build_args["HOROVOD_CUDA"] == "required"
     assert gpu.labels["io.fleetimg.cuda"] == "true"
-    # Without nodes: every GPU fleetimg knows (Nano, TX2, Xavier, Orin).
-    assert gpu.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "53,62,72,87"
+    # Without nodes: the GPUs of every module that runs the release (R35: Xavier and
+    # Orin; R32: Nano, TX2, Xavier; R36: Orin alone, the one CUDA 13 compiles for).
+    assert gpu.build_args["HOROVOD_BUILD_CUDA_CC_LIST"] == "72,87"
+    for l4t, ccs in (("R32.7.1", "53,62,72"), ("R36.4.3", "87")):
+        assert plan_for("horovod", l4t, tmp_path).build_args[
+            "HOROVOD_BUILD_CUDA_CC_LIST"] == ccs, l4t
     for kw in ({"standin": True}, {"cpu_only": True}):
         cpu = plan_for("horovod", "R32.7.1", tmp_path, **kw)
         assert cpu.build_args["HOROVOD_CUDA"] == "none", kw
