@@ -182,7 +182,8 @@ def app_cmd(tag: str, line: str, l4t: str) -> None:
               help="Also build the l4t-pytorch stand-in (CPU PyTorch from PyPI).")
 @click.option("--replicas", is_flag=True,
               help="Also build the replicas of NVIDIA's real l4t-pytorch bases (R32, R35, "
-              "R36: no CUDA libraries, CUDA behind absolute links, a dead pip index), for "
+              "R36: no CUDA libraries, CUDA behind absolute links, a dead pip index; and a "
+              "CUDA 13 GPU base with torch and a real nvcc, about 4 GB), for "
               "`fleetimg build TARGET --base fleetimg/l4t-replica:r32-pytorch`.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path),
               help="CA bundle for pip behind a TLS-intercepting proxy (a build secret).")
