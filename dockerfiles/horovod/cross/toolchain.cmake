@@ -6,8 +6,10 @@
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_SYSROOT /sysroot)
-set(CMAKE_C_COMPILER clang)
-set(CMAKE_CXX_COMPILER clang++)
+# The wrappers are clang for aarch64 with the sysroot (cross/clang-wrapper): nvcc, given
+# the C++ compiler as its host compiler, passes no target of its own.
+set(CMAKE_C_COMPILER /opt/cross/bin/aarch64-linux-gnu-clang)
+set(CMAKE_CXX_COMPILER /opt/cross/bin/aarch64-linux-gnu-clang++)
 set(CMAKE_C_COMPILER_TARGET aarch64-linux-gnu)
 set(CMAKE_CXX_COMPILER_TARGET aarch64-linux-gnu)
 # Executables are only CMake's probes (the MPI test program). lld, unlike GNU ld, does not
