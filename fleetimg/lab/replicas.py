@@ -32,6 +32,7 @@ import docker
 
 from fleetimg.lab.standin import (
     build_on,
+    cacert_secret,
     ensure_standin_base,
     ensure_standin_debian,
     ensure_standin_pytorch,
@@ -171,13 +172,12 @@ def ensure_replica(client: docker.DockerClient, tag: str, ca_bundle: Path | None
     own), the others on the pytorch stand-in."""
     if image_exists(client, tag):
         return tag
-    secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
     if tag == REPLICA_CUDA_PYTORCH:
         base = ensure_standin_base(client, on_step)
         native = ensure_standin_debian(client, on_step)
         on_step(f"replica of a CUDA base: {tag} (about 4 GB of NVIDIA's wheels)")
         build_on(base, tag, REPLICAS[tag],
-                 [*secret, "--build-arg", f"NATIVE_IMAGE={native}"], timeout=3600)
+                 [*cacert_secret(ca_bundle), "--build-arg", f"NATIVE_IMAGE={native}"], timeout=3600)
         return tag
     base = ensure_standin_pytorch(client, ca_bundle, on_step)
     on_step(f"replica of a real base: {tag}")

@@ -138,8 +138,8 @@ def ensure_standin_pytorch(client: docker.DockerClient, ca_bundle: Path | None,
     base = ensure_standin_base(client, on_step)
     on_step(f"pip install {' '.join(PYTORCH_PIP)} under QEMU (several minutes)")
     specs = " ".join(shlex.quote(s) for s in PYTORCH_PIP)
-    secret = ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
-    build_on(base, STANDIN_PYTORCH, PYTORCH_DOCKERFILE % specs, secret, timeout=7200)
+    build_on(base, STANDIN_PYTORCH, PYTORCH_DOCKERFILE % specs, cacert_secret(ca_bundle),
+             timeout=7200)
     return STANDIN_PYTORCH
 
 
@@ -151,6 +151,12 @@ def ensure_standin_triton_igpu(client: docker.DockerClient,
     on_step(f"stand-in for NGC's tritonserver igpu image ({STANDIN_TRITON_IGPU})")
     build_on(base, STANDIN_TRITON_IGPU, TRITON_IGPU_DOCKERFILE)
     return STANDIN_TRITON_IGPU
+
+
+def cacert_secret(ca_bundle: Path | None) -> list[str]:
+    """Build arguments that lend pip the CA bundle (a TLS-intercepting proxy's) as the
+    secret `cacert`: mounted for one step, never stored in the image."""
+    return ["--secret", f"id=cacert,src={ca_bundle}"] if ca_bundle else []
 
 
 def build_on(base: str, tag: str, dockerfile: str, extra: list[str] | None = None,
